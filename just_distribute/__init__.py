@@ -1,0 +1,48 @@
+"""just_distribute: make an ordinary Python function parallel with one decorator.
+
+>>> from just_distribute import distribute
+>>> @distribute(job="io", workers=4)
+... def double(x: int) -> int:
+...     return 2 * x
+>>> double([1, 2, 3])
+[2, 4, 6]
+"""
+
+from .config import Options, config
+from .decorator import Distributed, DistributeOptions, RunResult, distribute
+from .errors import (
+    CallTimeoutError,
+    ClusterUnreachableError,
+    JustDistributeError,
+    MissingExtraError,
+    ReceiveError,
+    RemoteTraceback,
+    SendError,
+    WorkerLostError,
+)
+from .executors import Executor, register_executor
+from .report import RunReport, WorkerStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallTimeoutError",
+    "ClusterUnreachableError",
+    "DistributeOptions",
+    "Distributed",
+    "Executor",
+    "JustDistributeError",
+    "MissingExtraError",
+    "Options",
+    "ReceiveError",
+    "RemoteTraceback",
+    "RunReport",
+    "RunResult",
+    "SendError",
+    "WorkerLostError",
+    "WorkerStats",
+    "__version__",
+    "config",
+    "distribute",
+    "register_executor",
+]

@@ -1,0 +1,7 @@
+"""``python -m just_distribute``: the same as the ``just-distribute`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""What travels to a worker and back: a chunk of calls and its outcome.
+
+This module is imported by worker processes, so it depends on the standard library only.
+A chunk is *columnar*: one sequence per distributed argument, all of the same length, so
+that ``map(fn, *columns)`` runs the calls at C speed and a chunk pickles as a few lists.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["CallError", "ChunkResult", "current_job", "run_chunk"]
+
+#: The job whose worker is running the current call ("" outside any worker). Used to run
+#: nested calls of the same job serially instead of deadlocking on a busy pool.
+current_job: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "just_distribute_current_job", default=""
+)
+
+
+class CallError(NamedTuple):
+    """A call that raised: its position ``at`` in the chunk, the exception, the traceback."""
+
+    at: int
+    exc: BaseException
+    tb: str | None
+
+
+class ChunkResult(NamedTuple):
+    """The outcome of a chunk: one value per call run, the errors, where and when it ran."""
+
+    values: list[Any]
+    errors: list[CallError]
+    worker: str
+    started: float
+    ended: float
+
+
+def run_chunk(
+    fn: Callable[..., Any],
+    columns: Sequence[Sequence[Any]],
+    stop_on_error: bool,
+    worker: str,
+    job: str,
+    remote: bool,
+) -> ChunkResult:
+    """Run ``fn`` over the rows of ``columns``.
+
+    With ``stop_on_error`` the chunk stops at the first exception (``values`` then holds the
+    results before it); otherwise the exception object takes the failed call's place and
+    the chunk goes on. ``remote`` asks for the traceback as text, to cross a process line.
+    """
+    token = current_job.set(job)
+    started = time.time()
+    values: list[Any] = []
+    errors: list[CallError] = []
+    n = len(columns[0]) if columns else 0
+    try:
+        while len(values) < n:
+            done = len(values)
+            try:
+                if done == 0:
+                    values.extend(map(fn, *columns))
+                else:
+                    values.extend(map(fn, *(col[done:] for col in columns)))
+            except Exception as exc:
+                tb = "".join(traceback.format_exception(exc)) if remote else None
+                errors.append(CallError(len(values), exc, tb))
+                if stop_on_error:
+                    break
+                values.append(exc)
+    finally:
+        current_job.reset(token)
+    return ChunkResult(values, errors, worker, started, time.time())
+
+
+class BlockingCall:
+    """Wraps an ``async def`` function so that a thread or process can call it plainly."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        from .web import run_with_scope
+
+        coro = run_with_scope(self.fn, args, kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        # This thread already runs a loop (a notebook, a nested call): use a fresh thread.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as helper:
+            return helper.submit(asyncio.run, coro).result()
+
+
+class OneCall:
+    """``fn(*args, **kwargs)`` as a one-column call, to run a single plain call as a chunk."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self, _unused: object) -> Any:
+        return self.fn(*self.args, **self.kwargs)
+
+
+class AsyncOneCall(OneCall):
+    """:class:`OneCall` for an ``async def`` function, awaited by the web job's consumers."""
+
+    async def __call__(self, _unused: object) -> Any:
+        return await self.fn(*self.args, **self.kwargs)

@@ -1,0 +1,88 @@
+"""Serialisation for sending work to other processes.
+
+The standard C pickle is several times faster than dill on plain data, so everything is
+tried with it first and falls back to dill only for what it cannot handle (lambdas,
+closures, functions defined in ``__main__``). A decorated function is sent as a reference
+to its original function, so that the worker never recurses into a pool.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import types
+from typing import Any
+
+__all__ = ["dumps", "dumps_function", "load_wrapped", "loads"]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def load_wrapped(module: str, qualname: str) -> Any:
+    """Import ``module.qualname`` and return the plain function behind a decorator."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _reference_to_wrapped(fn: types.FunctionType) -> tuple[Any, ...] | None:
+    """If ``fn`` hides behind a decorator at its import path, return a reduce tuple for it."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        found = load_wrapped(module, qualname)
+    except Exception:
+        return None
+    if found is fn:
+        return (load_wrapped, (module, qualname))
+    return None
+
+
+class _FunctionPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType):
+            ref = _reference_to_wrapped(obj)
+            if ref is not None:
+                return ref
+            if obj.__module__ == "__main__":
+                # The worker has no such __main__: make the caller fall back to dill,
+                # which sends such functions by value.
+                raise pickle.PicklingError("function defined in __main__")
+        return NotImplemented
+
+
+def _dill_dumps(obj: Any) -> bytes:
+    import dill  # imported lazily: most payloads never need it
+
+    return bytes(dill.dumps(obj, protocol=PROTOCOL, recurse=True))
+
+
+def dumps_function(obj: Any) -> bytes:
+    """Serialise a function (with its bound constants), by reference where possible."""
+    buf = io.BytesIO()
+    try:
+        _FunctionPickler(buf, protocol=PROTOCOL).dump(obj)
+        return buf.getvalue()
+    except Exception:
+        return _dill_dumps(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise data: the C pickle, else dill. Raises the error of the last attempt."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return _dill_dumps(obj)
+
+
+def loads(data: bytes) -> Any:
+    """Rebuild what :func:`dumps` or :func:`dumps_function` wrote (dill output included)."""
+    try:
+        return pickle.loads(data)
+    except Exception:
+        import dill
+
+        return dill.loads(data)

@@ -1,0 +1,59 @@
+"""The ``just-distribute`` command: demo, the function service, workers, the load test.
+
+Each subcommand lives in its own module, which provides ``configure(parser)`` to declare
+its arguments and ``main(args) -> int`` to run; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_COMMANDS = {
+    "demo": ("just_distribute.demo", "run the demo: every job, serial against distributed"),
+    "cluster": (
+        "just_distribute.service",
+        "start the function service: a dask scheduler and N one-at-a-time workers",
+    ),
+    "worker": ("just_distribute.service_worker", "join workers to a running function service"),
+    "loadtest": ("just_distribute.loadtest", "measure the function service's throughput"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="just-distribute",
+        description="Make an ordinary Python function parallel with one decorator.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.main(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

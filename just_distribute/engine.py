@@ -1,0 +1,374 @@
+"""Runs the calls of a plan on an executor: the policy, once, for every backend.
+
+Chunking (how many calls travel together), the bound on work in flight, input order,
+errors (rebuilt with the remote traceback and a note naming the call), retries with
+backoff, per-call timeouts, worker loss, progress and the run report all live here. An
+executor only runs chunks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+from typing import Any, Protocol
+
+from ._chunk import ChunkResult
+from .config import Options
+from .errors import CallTimeoutError, RemoteTraceback, WorkerLostError
+from .executors.base import ChunkFuture, Executor, Payload, RunScope, Task
+from .planning import Plan
+from .report import RunReport
+
+__all__ = ["Checkpoint", "Progress", "execute"]
+
+log = logging.getLogger("just_distribute")
+
+_MAX_ADAPTIVE_CHUNK = 100_000
+_POLL = 0.5  # the longest single wait, so that every loop notices timeouts and signals
+
+
+class Progress(Protocol):
+    """What the engine needs of a progress display."""
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more units (calls, or batch elements) as done."""
+
+    def close(self) -> None:
+        """The run has ended."""
+
+
+class Checkpoint(Protocol):
+    """Durable records of finished chunks (see ``checkpoint=``)."""
+
+    def lookup(self, start: int, stop: int) -> list[Any] | None:
+        """The stored results of calls ``start:stop``, if all of them are recorded."""
+
+    def store(self, start: int, values: list[Any]) -> None:
+        """Record the results of the calls from ``start`` on, atomically."""
+
+
+class _Sizer:
+    """Chooses chunk sizes: fixed, from the number of calls, or from measured call times."""
+
+    def __init__(self, options: Options, executor: Executor, n: int | None) -> None:
+        self.adaptive = False
+        if options.chunksize is not None:
+            self.size = options.chunksize
+        elif options.timeout is not None:
+            self.size = 1  # a timeout is per call: each call must be watched on its own
+        elif n is not None:
+            parts = executor.workers * executor.chunks_per_worker
+            self.size = max(1, math.ceil(n / parts))
+        else:
+            self.size, self.adaptive = 1, True
+        self.target = executor.target_chunk_seconds
+
+    def next(self) -> int:
+        return self.size
+
+    def observe(self, calls: int, seconds: float) -> None:
+        if not self.adaptive or calls == 0:
+            return
+        per_call = max(seconds / calls, 1e-7)
+        ideal = int(self.target / per_call)
+        # Grow at most 4x a step: the first measurements include warm-up.
+        self.size = max(1, min(ideal, self.size * 4, _MAX_ADAPTIVE_CHUNK))
+
+
+class _Chunk:
+    __slots__ = ("attempts", "columns", "future", "isolate", "offset", "seq", "start", "values")
+
+    def __init__(self, seq: int, start: int, columns: tuple[Any, ...]) -> None:
+        self.seq = seq
+        self.start = start
+        self.columns = columns
+        self.values: list[Any] = []
+        self.offset = 0  # calls of this chunk already settled
+        self.attempts = 0  # failed attempts of the call at ``offset``
+        self.isolate = False  # after a worker died: one call at a time, to name the culprit
+        self.future: ChunkFuture | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def remaining(self) -> tuple[Any, ...]:
+        stop = self.offset + 1 if self.isolate else self.size
+        if self.offset == 0 and stop == self.size:
+            return self.columns
+        return tuple(c[self.offset : stop] for c in self.columns)
+
+
+def decorate_error(
+    exc: BaseException, tb: str | None, index: int, fn_name: str, call: str
+) -> BaseException:
+    """Attach the remote traceback and a note naming the failed call."""
+    if tb is not None and exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(tb)
+    note = f"just_distribute: raised by call {index}: {fn_name}({call})"
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+    return exc
+
+
+class _Run:
+    """The state of one run; :meth:`chunks` is the loop."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        options: Options,
+        executor: Executor,
+        *,
+        ordered: bool,
+        report: RunReport | None,
+        progress: Progress | None,
+        checkpoint: Checkpoint | None,
+    ) -> None:
+        self.plan = plan
+        self.options = options
+        self.executor = executor
+        self.ordered = ordered
+        self.report = report
+        self.progress = progress
+        self.checkpoint = checkpoint
+        self.payload = Payload(plan.fn, plan.name)
+        self.scope = RunScope()
+        self.sizer = _Sizer(options, executor, plan.n)
+        self.window = options.max_in_flight or executor.workers * executor.in_flight_per_worker
+        # Workers stop a chunk at its first error whenever the engine may have to act on
+        # it (raise, or retry); only "return without retries" lets them run on.
+        self.stop_on_error = options.on_error == "raise" or options.retries > 0
+        self.pending: dict[ChunkFuture, _Chunk] = {}
+        self.delayed: list[tuple[float, int, _Chunk]] = []
+        self.finished: dict[int, list[Any]] = {}
+
+    # -- submitting ------------------------------------------------------------------
+    def submit(self, ch: _Chunk) -> None:
+        task = Task(self.payload, ch.remaining(), self.stop_on_error, self.scope)
+        fut = self.executor.submit(task)
+        ch.future = fut
+        self.pending[fut] = ch
+
+    def settle(self, ch: _Chunk) -> None:
+        """The chunk has all its values."""
+        if self.checkpoint is not None:
+            self.checkpoint.store(ch.start, ch.values)
+        self.finished[ch.seq] = ch.values
+
+    def advance(self, ch: _Chunk) -> None:
+        """Resubmit what is left of a chunk, or settle it."""
+        if ch.offset >= ch.size:
+            self.settle(ch)
+        else:
+            self.submit(ch)
+
+    # -- outcomes --------------------------------------------------------------------
+    def describe(self, ch: _Chunk, offset: int) -> str:
+        return self.plan.describe_call(ch.columns, offset)
+
+    def failure(self, ch: _Chunk, exc: BaseException, tb: str | None) -> None:
+        """The call at ``ch.offset`` failed: retry it, return the error, or raise it."""
+        index = ch.start + ch.offset
+        decorate_error(exc, tb, index, self.plan.name, self.describe(ch, ch.offset))
+        o = self.options
+        if ch.attempts < o.retries and isinstance(exc, o.retry_on):
+            ch.attempts += 1
+            delay = o.backoff * (2 ** (ch.attempts - 1))
+            log.warning(
+                "call %d of %s failed (%s: %s); retry %d of %d in %.2fs",
+                index, self.plan.name, type(exc).__name__, exc, ch.attempts, o.retries, delay,
+            )
+            if delay > 0:
+                heapq.heappush(self.delayed, (time.monotonic() + delay, ch.seq, ch))
+            else:
+                self.submit(ch)
+            return
+        if o.on_error == "return":
+            ch.values.append(exc)
+            ch.offset += 1
+            ch.attempts = 0
+            if self.progress is not None:
+                self.progress.update(self.plan.weight(ch.columns, ch.offset - 1, 1))
+            self.advance(ch)
+            return
+        raise exc
+
+    def outcome(self, fut: ChunkFuture) -> None:
+        ch = self.pending.pop(fut)
+        try:
+            result: ChunkResult = fut.result()
+        except CancelledError:
+            return
+        except WorkerLostError as exc:
+            if not ch.isolate and ch.size - ch.offset > 1:
+                # Which call killed the worker? Run the rest one call at a time to find out
+                # (a call killed from outside simply succeeds the second time).
+                log.warning(
+                    "a worker died running calls %d-%d of %s; running them one at a time",
+                    ch.start + ch.offset, ch.start + ch.size - 1, self.plan.name,
+                )
+                ch.isolate = True
+                self.submit(ch)
+                return
+            self.failure(ch, exc, None)
+            return
+        except Exception as exc:
+            self.failure(ch, exc, None)
+            return
+        ran = len(result.values) + (1 if result.errors and self.stop_on_error else 0)
+        if self.report is not None:
+            self.report.record(result.worker, ran, result.started, result.ended)
+        self.sizer.observe(ran, result.ended - result.started)
+        base = ch.offset
+        if not self.stop_on_error:
+            for err in result.errors:
+                decorate_error(
+                    err.exc, err.tb, ch.start + base + err.at, self.plan.name,
+                    self.describe(ch, base + err.at),
+                )
+        ch.values.extend(result.values)
+        ch.offset += len(result.values)
+        if ch.offset > base:
+            ch.attempts = 0
+        if self.progress is not None and result.values:
+            done = self.plan.weight(ch.columns, base, len(result.values))
+            self.progress.update(done)
+        if result.errors and self.stop_on_error:
+            err = result.errors[0]
+            self.failure(ch, err.exc, err.tb)
+            return
+        self.advance(ch)
+
+    def check_timeouts(self) -> None:
+        timeout = self.options.timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for fut, ch in list(self.pending.items()):
+            if fut.started_at is None or fut.done():
+                continue
+            calls = 1 if ch.isolate else ch.size - ch.offset
+            if now - fut.started_at <= timeout * calls:
+                continue
+            self.pending.pop(fut)
+            self.executor.abandon(fut)
+            index = ch.start + ch.offset
+            what = "call" if calls == 1 else f"chunk of {calls} calls starting with call"
+            exc = CallTimeoutError(
+                f"{what} {index} of {self.plan.name} ran longer than timeout={timeout}s"
+            )
+            log.warning("%s", exc)
+            ch.isolate = ch.isolate or calls > 1
+            self.failure(ch, exc, None)
+
+    def wait_time(self) -> float:
+        deadline = _POLL
+        now = time.monotonic()
+        if self.delayed:
+            deadline = min(deadline, max(0.0, self.delayed[0][0] - now))
+        if self.options.timeout is not None:
+            for fut in self.pending:
+                if fut.started_at is not None:
+                    left = fut.started_at + self.options.timeout - now
+                    deadline = min(deadline, max(0.0, left) + 0.001)
+        return deadline
+
+    # -- the loop --------------------------------------------------------------------
+    def chunks(self) -> Iterator[list[Any]]:
+        source = self.plan.chunks(self.sizer.next)
+        exhausted = False
+        seq = next_out = 0
+        try:
+            while True:
+                while not exhausted and (
+                    len(self.pending) + len(self.delayed) + len(self.finished) < self.window
+                ):
+                    try:
+                        start, columns = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    ch = _Chunk(seq, start, columns)
+                    seq += 1
+                    stored = (
+                        self.checkpoint.lookup(start, start + ch.size)
+                        if self.checkpoint is not None
+                        else None
+                    )
+                    if stored is not None:
+                        ch.values, ch.offset = stored, ch.size
+                        self.finished[ch.seq] = stored
+                        if self.progress is not None:
+                            self.progress.update(self.plan.weight(columns))
+                    else:
+                        self.submit(ch)
+                now = time.monotonic()
+                while self.delayed and self.delayed[0][0] <= now:
+                    self.submit(heapq.heappop(self.delayed)[2])
+                if self.ordered:
+                    while next_out in self.finished:
+                        yield self.finished.pop(next_out)
+                        next_out += 1
+                else:
+                    for key in list(self.finished):
+                        yield self.finished.pop(key)
+                if not self.pending and not self.delayed:
+                    if exhausted and not self.finished:
+                        return
+                    continue
+                if self.pending:
+                    done, _ = wait(
+                        list(self.pending), timeout=self.wait_time(), return_when=FIRST_COMPLETED
+                    )
+                    for fut in done:
+                        if fut in self.pending:
+                            self.outcome(fut)
+                else:
+                    time.sleep(self.wait_time())
+                self.check_timeouts()
+        except BaseException as exc:
+            hard = not isinstance(exc, (Exception, GeneratorExit))
+            for fut in list(self.pending):
+                if hard:
+                    self.executor.abandon(fut)
+                else:
+                    fut.cancel()
+            self.pending.clear()
+            raise
+        finally:
+            self.scope.close()
+
+
+def execute(
+    plan: Plan,
+    options: Options,
+    executor: Executor,
+    *,
+    ordered: bool = True,
+    report: RunReport | None = None,
+    progress: Progress | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> Iterator[list[Any]]:
+    """Run ``plan`` on ``executor``, yielding the results chunk by chunk.
+
+    In ``ordered`` mode the chunks come in input order, otherwise as they finish. At most
+    ``options.max_in_flight`` chunks (default: a few per worker) are submitted or waiting
+    to be yielded at any time, so a long input streams through in bounded memory.
+    """
+    started = time.monotonic()
+    try:
+        yield from _Run(
+            plan, options, executor, ordered=ordered, report=report, progress=progress,
+            checkpoint=checkpoint,
+        ).chunks()
+    finally:
+        if report is not None:
+            report.finish(time.monotonic() - started)
+        if progress is not None:
+            progress.close()
+

@@ -1,0 +1,99 @@
+"""The exception types of just_distribute.
+
+An exception raised *inside* the user's function reaches the caller as itself (same type,
+same arguments), with the worker's traceback as ``__cause__`` and a note naming the failed
+call. The classes below are for failures of just_distribute's own machinery: one class per
+cause, each message saying what to do about it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = [
+    "CallTimeoutError",
+    "ClusterUnreachableError",
+    "JustDistributeError",
+    "MissingExtraError",
+    "ReceiveError",
+    "RemoteTraceback",
+    "SendError",
+    "WorkerLostError",
+]
+
+
+class JustDistributeError(Exception):
+    """Base class of every error raised by just_distribute's own machinery."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, attached as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class WorkerLostError(JustDistributeError):
+    """A worker process died while it was running a call.
+
+    Attributes:
+        exitcode: the worker's exit code; negative numbers are the signal that ended it.
+        pid: the worker's process id, when known.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.pid = pid
+
+    @staticmethod
+    def describe_exit(exitcode: int | None) -> str:
+        """Say in words why a process with this exit code most likely ended."""
+        if exitcode is None:
+            return "it vanished without an exit code"
+        if exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = f"signal {-exitcode}"
+            hints = {
+                "SIGKILL": "killed: out of memory (the kernel's OOM killer) or killed by hand",
+                "SIGSEGV": "crashed in native code (a C extension or ctypes)",
+                "SIGABRT": "aborted by native code",
+                "SIGTERM": "terminated from outside",
+                "SIGBUS": "crashed in native code (bus error)",
+            }
+            return f"it was ended by {name}: {hints.get(name, 'a signal from outside or below')}"
+        return f"it exited with code {exitcode} (os._exit() or sys.exit() inside the function?)"
+
+
+class SendError(JustDistributeError, TypeError):
+    """A function or an argument could not be serialised to be sent to a worker."""
+
+
+class ReceiveError(JustDistributeError):
+    """A result could not be serialised in the worker or rebuilt in the caller."""
+
+
+class CallTimeoutError(JustDistributeError, TimeoutError):
+    """A call ran longer than the ``timeout=`` it was given."""
+
+
+class ClusterUnreachableError(JustDistributeError, ConnectionError):
+    """The dask scheduler at the given address did not answer in time."""
+
+
+class MissingExtraError(JustDistributeError, ImportError):
+    """An optional dependency of the chosen job is not installed."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{what} needs the optional package {module!r}, which is not installed. "
+            f'Fix: pip install "just-distribute[{extra}]"'
+        )
+        self.extra = extra
+        self.module = module

@@ -1,0 +1,209 @@
+"""The registry: job name or alias → executor; cached instances; ``register_executor``.
+
+Backends are imported only when a job asks for them, so a missing optional dependency
+costs nothing until it is needed, and then fails with the ``pip install`` line that fixes
+it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import contextlib
+import importlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Options, usable_cpus
+from .base import ChunkFuture, Executor, Payload, RunScope, Task
+
+__all__ = [
+    "ChunkFuture",
+    "Executor",
+    "Payload",
+    "RunScope",
+    "Task",
+    "canonical_job",
+    "create_executor",
+    "default_workers",
+    "get_executor",
+    "job_names",
+    "register_executor",
+    "shutdown_all",
+]
+
+Factory = Callable[[Options], Executor]
+
+_lock = threading.Lock()
+_factories: dict[str, Factory | str] = {}
+_aliases: dict[str, str] = {}
+_default_workers: dict[str, Callable[[], int | None]] = {}
+_cache: dict[tuple[Any, ...], Executor] = {}
+#: Adapters for objects passed as ``job=`` (e.g. a dask Client), tried in order.
+object_adapters: list[Callable[[Any, Options], Executor | None]] = []
+
+
+def register_executor(
+    name: str,
+    factory: Factory | str,
+    *,
+    aliases: tuple[str, ...] = (),
+    default_workers: Callable[[], int | None] | None = None,
+) -> None:
+    """Make ``job=name`` (and its aliases) run on executors made by ``factory``.
+
+    Args:
+        name: the job name.
+        factory: called with the resolved :class:`~just_distribute.config.Options` (``workers``
+            filled in) to make an executor; or ``"module:attribute"`` naming it, imported on
+            first use.
+        aliases: other names for the same job.
+        default_workers: the worker count when none is given (default: usable CPUs).
+    """
+    with _lock:
+        _factories[name] = factory
+        _aliases[name] = name
+        for alias in aliases:
+            _aliases[alias] = name
+        if default_workers is not None:
+            _default_workers[name] = default_workers
+
+
+def job_names() -> list[str]:
+    """Every job name and alias that ``job=`` accepts."""
+    return sorted(_aliases)
+
+
+def canonical_job(job: str) -> str:
+    """The job's registered name.
+
+    Raises:
+        ValueError: ``job="ray"`` (not supported: use ``"cluster"``), or an unknown name.
+    """
+    if not isinstance(job, str):
+        raise TypeError(f"job must be a job name or an executor, got {type(job).__name__}")
+    key = job.strip().lower()
+    if key == "ray":
+        raise ValueError(
+            'job="ray" is not supported: just_distribute does not use Ray. Use job="cluster" '
+            "to run on a dask.distributed cluster (pass address= to reach one beyond this "
+            "machine), or a local job: " + ", ".join(repr(n) for n in job_names())
+        )
+    if key not in _aliases:
+        raise ValueError(
+            f"unknown job {job!r}; valid jobs are: " + ", ".join(repr(n) for n in job_names())
+        )
+    return _aliases[key]
+
+
+def default_workers(name: str) -> int | None:
+    """The worker count of job ``name`` when none is given."""
+    pick = _default_workers.get(name)
+    return pick() if pick is not None else usable_cpus()
+
+
+def _factory(name: str) -> Factory:
+    factory = _factories[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        assert callable(factory)
+        _factories[name] = factory
+    return factory
+
+
+def create_executor(options: Options) -> Executor:
+    """A new executor for ``options.job`` (not cached: the caller owns and shuts it down)."""
+    name = canonical_job(options.job)
+    workers = options.workers or default_workers(name)
+    return _factory(name)(options.replace(job=name, workers=workers))
+
+
+def get_executor(options: Options) -> Executor:
+    """The shared executor for these options, made on first use and reused afterwards."""
+    job = options.job
+    if isinstance(job, Executor):
+        return job
+    if not isinstance(job, str):
+        for adapt in object_adapters:
+            made = adapt(job, options)
+            if made is not None:
+                return made
+        if isinstance(job, cf.Executor):
+            key: tuple[Any, ...] = ("futures", id(job))
+            with _lock:
+                if key not in _cache:
+                    from .futures import FuturesExecutor
+
+                    _cache[key] = FuturesExecutor(job)
+                return _cache[key]
+        raise TypeError(
+            "job must be a job name (" + ", ".join(repr(n) for n in job_names()) + "), a "
+            f"concurrent.futures.Executor or a dask Client; got {type(job).__name__}"
+        )
+    name = canonical_job(job)
+    workers = options.workers or default_workers(name)
+    key = (name, workers, options.address, options.initializer, options.initargs, options.tls)
+    with _lock:
+        existing = _cache.get(key)
+    if existing is not None:
+        return existing
+    made = _factory(name)(options.replace(job=name, workers=workers))
+    with _lock:
+        return _cache.setdefault(key, made)
+
+
+def shutdown_all() -> None:
+    """Shut down every cached executor (runs at interpreter exit)."""
+    with _lock:
+        executors = list(_cache.values())
+        _cache.clear()
+    for ex in executors:
+        with contextlib.suppress(Exception):  # best effort at exit
+            ex.shutdown(wait=True)
+
+
+atexit.register(shutdown_all)
+
+
+def _make_processes(o: Options) -> Executor:
+    from .processes import ProcessExecutor
+
+    assert o.workers is not None
+    return ProcessExecutor(o.workers, o.initializer, o.initargs)
+
+
+def _make_threads(o: Options) -> Executor:
+    from .threads import ThreadExecutor
+
+    assert o.workers is not None
+    return ThreadExecutor(o.workers, o.initializer, o.initargs)
+
+
+def _make_coroutines(o: Options) -> Executor:
+    from .coroutines import CoroutineExecutor
+
+    assert o.workers is not None
+    return CoroutineExecutor(o.workers)
+
+
+def _make_serial(o: Options) -> Executor:
+    from .serial import SerialExecutor
+
+    return SerialExecutor(1)
+
+
+register_executor("compute", _make_processes, aliases=("processes", "process"))
+register_executor(
+    "io", _make_threads, aliases=("threads", "thread"),
+    default_workers=lambda: min(32, usable_cpus() + 4),
+)
+register_executor(
+    "web", _make_coroutines, aliases=("coroutines", "async"), default_workers=lambda: 64
+)
+register_executor("serial", _make_serial, default_workers=lambda: 1)
+register_executor(
+    "cluster", "just_distribute.executors.cluster:create", aliases=("dask", "distributed"),
+    default_workers=lambda: None,
+)

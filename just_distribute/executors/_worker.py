@@ -1,0 +1,126 @@
+"""The loop of a ``job="compute"`` worker process.
+
+Started by :mod:`just_distribute.executors.processes` as a fresh interpreter (no fork, so no
+inherited locks or threads, and no re-import of the caller's ``__main__``). It reads chunks
+from a socket, runs them and writes back their outcomes, until the socket closes or its
+parent disappears. It ignores SIGINT: the parent decides what a Ctrl-C stops.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+_PAYLOAD_CACHE_SIZE = 8
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # A worker whose parent died (SIGKILL, OOM) must not run on as an orphan.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def _portable_result(result: Any) -> bytes:
+    """Pickle an outcome; replace what cannot be pickled by a description of it."""
+    from just_distribute._chunk import CallError, ChunkResult
+    from just_distribute._wire import dumps
+
+    try:
+        return dumps(("ok", result))
+    except Exception:
+        pass
+    errors = []
+    for err in result.errors:
+        try:
+            dumps(err.exc)
+            errors.append(err)
+        except Exception:
+            stand_in = RuntimeError(f"{type(err.exc).__qualname__}: {err.exc}")
+            errors.append(CallError(err.at, stand_in, err.tb))
+    stand_ins = {e.at: e.exc for e in errors}
+    values = [stand_ins.get(i, v) for i, v in enumerate(result.values)]
+    patched = ChunkResult(values, errors, result.worker, result.started, result.ended)
+    try:
+        return dumps(("ok", patched))
+    except Exception as exc:
+        bad = next(
+            (i for i, v in enumerate(result.values) if not _picklable(v)), None
+        )
+        what = (
+            f"the result of call {bad} ({type(result.values[bad]).__qualname__})"
+            if bad is not None
+            else "a result"
+        )
+        return pickle.dumps(
+            ("unsendable", bad, f"{what} cannot be sent back to the caller: "
+             f"{type(exc).__name__}: {exc}. Return plain data (numbers, strings, lists, dicts, "
+             f"arrays) instead of objects bound to this process (files, locks, sockets).")
+        )
+
+
+def _picklable(value: Any) -> bool:
+    from just_distribute._wire import dumps
+
+    try:
+        dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def main() -> None:
+    """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    sys_path, parent_pid, name, init_bytes = pickle.loads(conn.recv_bytes())
+    sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+    from just_distribute._chunk import run_chunk
+    from just_distribute._wire import loads
+
+    if init_bytes is not None:
+        try:
+            initializer, initargs = loads(init_bytes)
+            initializer(*initargs)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(exc))
+            conn.send_bytes(pickle.dumps(("init-failed", None, tb)))
+            os._exit(3)
+    conn.send_bytes(pickle.dumps(("ready", os.getpid(), None)))
+
+    cache: dict[str, Any] = {}
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        key, payload, data, stop_on_error = pickle.loads(message)
+        try:
+            fn = cache.get(key)
+            if fn is None:
+                fn = loads(payload)
+                if len(cache) >= _PAYLOAD_CACHE_SIZE:
+                    cache.pop(next(iter(cache)))
+                cache[key] = fn
+            columns = loads(data)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(exc))
+            conn.send_bytes(pickle.dumps(("unloadable", None, tb)))
+            continue
+        result = run_chunk(fn, columns, stop_on_error, name, "compute", True)
+        conn.send_bytes(_portable_result(result))
+    conn.close()
+
+
+if __name__ == "__main__":
+    main()

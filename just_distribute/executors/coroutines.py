@@ -1,0 +1,157 @@
+"""``job="web"``: asyncio consumers on one event loop, for many concurrent I/O waits.
+
+The loop runs in a thread of its own, started on first use and kept, so a decorated
+function works the same from plain code, from a notebook whose loop is running, and from
+inside another coroutine (through ``acall``). ``async def`` functions run natively, as
+``workers`` consumer tasks taking chunks from one queue; plain functions run in a thread
+pool of ``workers`` threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .._chunk import CallError, ChunkResult, current_job, run_chunk
+from .base import ChunkFuture, Executor, Task
+
+__all__ = ["CoroutineExecutor", "is_async"]
+
+
+def is_async(fn: Any) -> bool:
+    """True if calling ``fn`` returns an awaitable (``async def``, also behind partial)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+class CoroutineExecutor(Executor):
+    """Runs ``async def`` calls as ``workers`` consumers on one event loop."""
+
+    name = "web"
+    chunks_per_worker = 16
+    in_flight_per_worker = 2
+    target_chunk_seconds = 0.01
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[Task, ChunkFuture]] | None = None
+        self._current: dict[ChunkFuture, asyncio.Task[None]] = {}
+        self._threads: ThreadPoolExecutor | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The executor's event loop, started on first use."""
+        with self._lock:
+            if self._loop is None:
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    self._queue = asyncio.Queue()
+                    self._consumers = [
+                        loop.create_task(self._consumer(f"web-{i}")) for i in range(self.workers)
+                    ]
+                    ready.set()
+                    loop.run_forever()
+
+                threading.Thread(target=serve, name="just_distribute-web", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    async def _consumer(self, name: str) -> None:
+        assert self._queue is not None
+        while True:
+            task, fut = await self._queue.get()
+            if not fut.mark_started():
+                continue
+            job = asyncio.ensure_future(self._run(task, fut, name))
+            self._current[fut] = job
+            try:
+                await job
+            except asyncio.CancelledError:
+                if not fut.done():
+                    fut.set_exception(asyncio.CancelledError())
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            finally:
+                self._current.pop(fut, None)
+
+    async def _run(self, task: Task, fut: ChunkFuture, name: str) -> None:
+        from ..web import _current_run
+
+        fn = task.payload.fn
+        run_token = _current_run.set(task.run)
+        job_token = current_job.set(self.name)
+        started = time.time()
+        values: list[Any] = []
+        errors: list[CallError] = []
+        try:
+            for args in zip(*task.columns, strict=True):
+                try:
+                    values.append(await fn(*args))
+                except Exception as exc:
+                    errors.append(CallError(len(values), exc, None))
+                    if task.stop_on_error:
+                        break
+                    values.append(exc)
+        finally:
+            current_job.reset(job_token)
+            _current_run.reset(run_token)
+        if not fut.done():
+            fut.set_result(ChunkResult(values, errors, name, started, time.time()))
+
+    def _run_in_thread(self, task: Task, fut: ChunkFuture) -> None:
+        if not fut.mark_started():
+            return
+        try:
+            result = run_chunk(
+                task.payload.fn, task.columns, task.stop_on_error,
+                threading.current_thread().name, self.name, False,
+            )
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Queue the chunk for a consumer (async functions) or a thread (plain ones)."""
+        fut = ChunkFuture()
+        if is_async(task.payload.fn):
+            loop = self.loop
+            queue = self._queue
+            assert queue is not None
+            loop.call_soon_threadsafe(queue.put_nowait, (task, fut))
+        else:
+            with self._lock:
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(
+                        self.workers, thread_name_prefix="just_distribute-web"
+                    )
+            self._threads.submit(self._run_in_thread, task, fut)
+        return fut
+
+    def abandon(self, future: ChunkFuture) -> None:
+        """Cancel a queued chunk, or cancel the coroutine running it."""
+        if future.cancel():
+            return
+        job = self._current.get(future)
+        if job is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(job.cancel)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the event loop and the threads."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._threads is not None:
+            self._threads.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,291 @@
+"""``job="compute"``: a pool of worker processes for CPU-bound calls.
+
+Each worker is a fresh interpreter started with ``subprocess`` and joined to the caller by
+a socket; one thread per worker in the caller sends it a chunk and waits for the answer.
+This gives what a fork-based pool (multiprocessing, pathos) cannot: a worker that dies is
+noticed at once (the socket closes) and named, a stuck worker can be killed and replaced
+without touching the others, no lock or thread is inherited through ``fork``, and the
+caller's ``__main__`` is never re-imported. Data travels with the standard C pickle,
+functions by reference, or by value through dill when they must (lambdas, closures,
+functions in ``__main__``); a function is sent once per worker, not once per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .. import _wire
+from .._chunk import ChunkResult
+from ..errors import JustDistributeError, ReceiveError, SendError, WorkerLostError
+from .base import ChunkFuture, Executor, Payload, Task
+
+__all__ = ["ProcessExecutor"]
+
+log = logging.getLogger("just_distribute")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER_CODE = "from just_distribute.executors._worker import main; main()"
+
+
+class _InitializerFailed(JustDistributeError):
+    pass
+
+
+class _Worker:
+    """One worker process and the caller-side thread that feeds it."""
+
+    def __init__(self, owner: ProcessExecutor, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: Connection | None = None
+        self.pid: int | None = None
+        self.keys: set[str] = set()
+        self.killed = False
+        self.thread = threading.Thread(
+            target=self._loop, name=f"just_distribute-compute-{index}", daemon=True
+        )
+
+    def spawn(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env["JUST_DISTRIBUTE_IN_WORKER"] = "compute"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child_sock.close()
+        self.conn = Connection(parent_sock.detach())
+        self.keys = set()
+        self.killed = False
+        self.pid = None
+        name = f"compute-{self.index}"
+        self.conn.send_bytes(
+            pickle.dumps((list(sys.path), os.getpid(), name, self.owner.init_bytes))
+        )
+        status, pid, tb = pickle.loads(self.conn.recv_bytes())
+        if status != "ready":
+            self.proc.wait()
+            raise _InitializerFailed(
+                f"the initializer failed in worker process {name}; its traceback:\n{tb}"
+            )
+        self.pid = pid
+        log.debug("started worker process %s (pid %s)", name, pid)
+
+    def kill(self) -> None:
+        """Kill the process (the feeding thread notices and reports)."""
+        self.killed = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def _lost(self, fut: ChunkFuture) -> None:
+        exitcode = None
+        if self.proc is not None:
+            try:
+                exitcode = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                exitcode = self.proc.wait()
+        if self.conn is not None:
+            self.conn.close()
+        pid = self.pid if self.pid is not None else (self.proc.pid if self.proc else None)
+        self.proc, self.conn = None, None
+        if not fut.done():
+            fut.set_exception(
+                WorkerLostError(
+                    f"worker process {pid} died while running this call: "
+                    f"{WorkerLostError.describe_exit(exitcode)}. The pool has replaced it.",
+                    exitcode=exitcode,
+                    pid=pid,
+                )
+            )
+
+    def _loop(self) -> None:
+        owner = self.owner
+        while True:
+            item = owner.queue.get()
+            if item is None:
+                break
+            payload, data, stop_on_error, fut = item
+            if not fut.mark_started():
+                continue
+            try:
+                if self.proc is None or self.proc.poll() is not None:
+                    self.spawn()
+            except Exception as exc:
+                self.proc, self.conn = None, None
+                fut.set_exception(exc)
+                continue
+            assert self.conn is not None
+            owner.running[fut] = self
+            try:
+                first = payload.key not in self.keys
+                self.conn.send_bytes(
+                    pickle.dumps(
+                        (payload.key, payload.serialized() if first else None, data,
+                         stop_on_error),
+                        protocol=_wire.PROTOCOL,
+                    )
+                )
+                self.keys.add(payload.key)
+                reply = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                self._lost(fut)
+                continue
+            finally:
+                owner.running.pop(fut, None)
+            self._deliver(reply, fut)
+        self.stop()
+
+    def _deliver(self, reply: bytes, fut: ChunkFuture) -> None:
+        try:
+            status, *rest = _wire.loads(reply)
+        except Exception as exc:
+            fut.set_exception(
+                ReceiveError(
+                    f"a result came back from worker process {self.pid} but cannot be "
+                    f"rebuilt in the caller: {type(exc).__name__}: {exc}. Is the result's "
+                    f"class importable in the caller?"
+                )
+            )
+            return
+        if status == "ok":
+            result: ChunkResult = rest[0]
+            fut.set_result(result)
+        elif status == "unsendable":
+            fut.set_exception(ReceiveError(rest[1]))
+        else:  # "unloadable": the chunk could not be rebuilt in the worker
+            fut.set_exception(
+                SendError(
+                    f"the worker process could not rebuild the function or its arguments "
+                    f"(is their module importable in the worker?):\n{rest[1]}"
+                )
+            )
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+class ProcessExecutor(Executor):
+    """Runs chunks in ``workers`` worker processes, started on first use and kept.
+
+    Args:
+        workers: the number of worker processes.
+        initializer: called once in each worker process before its first chunk.
+        initargs: the arguments for ``initializer``.
+    """
+
+    name = "compute"
+    remote = True
+    chunks_per_worker = 4
+    in_flight_per_worker = 2
+    target_chunk_seconds = 0.05
+
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        super().__init__(workers)
+        self.queue: queue.SimpleQueue[tuple[Payload, bytes, bool, ChunkFuture] | None] = (
+            queue.SimpleQueue()
+        )
+        self.running: dict[ChunkFuture, _Worker] = {}
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.init_bytes: bytes | None = None
+        if initializer is not None:
+            try:
+                self.init_bytes = _wire.dumps_function((initializer, initargs))
+            except Exception as exc:
+                raise SendError(
+                    f"cannot send the initializer {initializer!r} to the worker processes: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this compute pool has been shut down")
+            if not self._workers:
+                self._workers = [_Worker(self, i) for i in range(self.workers)]
+                for w in self._workers:
+                    w.thread.start()
+                log.info("compute pool: %d worker processes", self.workers)
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Serialise the chunk (in the caller, so a bad argument fails here) and queue it."""
+        task.payload.serialized()
+        try:
+            data = _wire.dumps(task.columns)
+        except Exception as exc:
+            raise SendError(
+                f"cannot send the arguments of {task.payload.name}() to a worker process: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not self._workers:
+            self._start()
+        fut = ChunkFuture()
+        self.queue.put((task.payload, data, task.stop_on_error, fut))
+        return fut
+
+    def abandon(self, future: ChunkFuture) -> None:
+        """Cancel a queued chunk; kill the worker running a started one (it is replaced)."""
+        if future.cancel():
+            return
+        worker = self.running.get(future)
+        if worker is not None:
+            worker.kill()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop every worker process."""
+        with self._lock:
+            self._closed = True
+            workers, self._workers = self._workers, []
+        for _ in workers:
+            self.queue.put(None)
+        for w in workers:
+            if w.thread.is_alive() and w.proc is not None and w.index in self._busy_indexes():
+                w.kill()
+        if wait:
+            for w in workers:
+                w.thread.join(timeout=5)
+                if w.thread.is_alive():
+                    w.kill()
+                    w.thread.join(timeout=2)
+
+    def _busy_indexes(self) -> set[int]:
+        return {w.index for w in list(self.running.values())}
+
+    def pids(self) -> list[int]:
+        """The process ids of the live worker processes."""
+        return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.poll() is None]

@@ -1,0 +1,37 @@
+"""``job="serial"``: every call in the caller's own thread, one at a time."""
+
+from __future__ import annotations
+
+import threading
+
+from .._chunk import run_chunk
+from .base import ChunkFuture, Executor, Task
+
+__all__ = ["SerialExecutor"]
+
+
+class SerialExecutor(Executor):
+    """Runs each chunk at once, in the calling thread: for debugging, profiling and pdb."""
+
+    name = "serial"
+    chunks_per_worker = 64
+    in_flight_per_worker = 1
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Run the chunk now and return a finished future."""
+        fut = ChunkFuture()
+        fut.mark_started()
+        result = run_chunk(
+            task.payload.fn,
+            task.columns,
+            task.stop_on_error,
+            f"serial:{threading.current_thread().name}",
+            "",  # nested calls inside a serial run may use any job
+            False,
+        )
+        fut.set_result(result)
+        return fut
+
+    def check_nesting(self) -> bool:
+        """Serial never needs to fall back: it is already serial."""
+        return False

@@ -1,0 +1,63 @@
+"""``job="io"``: a thread pool, for calls that wait on disks, sockets or subprocesses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .._chunk import run_chunk
+from .base import ChunkFuture, Executor, Task
+
+__all__ = ["ThreadExecutor"]
+
+
+class ThreadExecutor(Executor):
+    """Runs chunks on a pool of ``workers`` threads, kept and reused across calls.
+
+    A thread cannot be killed: on a timeout the caller stops waiting at once, but the call
+    itself runs on to its end in its thread.
+    """
+
+    name = "io"
+    chunks_per_worker = 16
+    in_flight_per_worker = 2
+
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        super().__init__(workers)
+        self._pool = ThreadPoolExecutor(
+            workers, "just_distribute-io", initializer=initializer, initargs=initargs
+        )
+
+    def _run(self, task: Task, fut: ChunkFuture) -> None:
+        if not fut.mark_started():
+            return
+        try:
+            result = run_chunk(
+                task.payload.fn,
+                task.columns,
+                task.stop_on_error,
+                threading.current_thread().name,
+                self.name,
+                False,
+            )
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Queue the chunk on the thread pool."""
+        fut = ChunkFuture()
+        self._pool.submit(self._run, task, fut)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the threads (queued chunks are dropped)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,361 @@
+"""From a signature, its type hints and the arguments of one call to a stream of calls.
+
+A positional argument is distributed, a keyword argument is a constant. The annotation of a
+distributed parameter gives its role: *element* (one item per call) or *batch* (a slice of a
+collection per call). Every check that can fail happens here, in the caller, before any
+work is dispatched.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import enum
+import functools
+import inspect
+import itertools
+import reprlib
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FunctionInfo", "Plan", "Role", "analyse", "annotation_role", "make_plan"]
+
+_ATOMIC: tuple[type, ...] = (str, bytes, bytearray, memoryview)
+_short = reprlib.Repr()
+_short.maxstring = 40
+_short.maxother = 40
+_short.maxlist = 4
+_short.maxtuple = 4
+
+
+class Role(enum.Enum):
+    """How a distributed parameter receives its part of the input."""
+
+    ELEMENT = "element"
+    BATCH = "batch"
+
+
+def annotation_role(tp: Any) -> Role:
+    """Decide the role of a parameter from its (resolved) annotation."""
+    if tp is inspect.Parameter.empty or tp is Any or isinstance(tp, typing.TypeVar):
+        return Role.ELEMENT
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return annotation_role(typing.get_args(tp)[0])
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if members and all(annotation_role(a) is Role.BATCH for a in members):
+            return Role.BATCH
+        return Role.ELEMENT
+    if origin is tuple:
+        args = typing.get_args(tp)
+        # tuple[int, str] is a record (one element); tuple[int, ...] is a collection.
+        if args and not (len(args) == 2 and args[1] is Ellipsis):
+            return Role.ELEMENT
+    base = origin if origin is not None else tp
+    if not isinstance(base, type):
+        return Role.ELEMENT
+    if issubclass(base, _ATOMIC) or issubclass(base, cabc.Mapping):
+        return Role.ELEMENT
+    if issubclass(base, cabc.Iterable):
+        return Role.BATCH
+    return Role.ELEMENT
+
+
+def _string_role(text: str) -> Role:
+    """Best guess for an annotation string that cannot be evaluated."""
+    head = text.replace("typing.", "").split("[", 1)[0].strip()
+    batch_names = {
+        "list", "List", "tuple", "Tuple", "set", "Set", "frozenset", "FrozenSet", "Sequence",
+        "Iterable", "Collection", "MutableSequence", "ndarray", "np.ndarray", "numpy.ndarray",
+        "Series", "pd.Series", "DataFrame", "pd.DataFrame", "deque",
+    }
+    return Role.BATCH if head in batch_names else Role.ELEMENT
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """The signature of a function and the role of each of its parameters."""
+
+    name: str
+    signature: inspect.Signature
+    roles: Mapping[str, Role]
+    annotations: Mapping[str, Any]
+
+
+def analyse(fn: Callable[..., Any]) -> FunctionInfo:
+    """Read the signature and resolve the type hints of ``fn`` (once, at decoration)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot read the signature of {fn!r}: {exc}") from exc
+    target = inspect.unwrap(fn) if not inspect.ismethod(fn) else fn.__func__
+    try:
+        hints: dict[str, Any] = typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        hints = {}
+    roles: dict[str, Role] = {}
+    annotations: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        tp = hints.get(name, param.annotation)
+        annotations[name] = tp
+        roles[name] = _string_role(tp) if isinstance(tp, str) else annotation_role(tp)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return FunctionInfo(name, signature, roles, annotations)
+
+
+def short_repr(value: Any) -> str:
+    """A repr short enough for an error message."""
+    return _short.repr(value)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is inspect.Parameter.empty:
+        return "value"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _sliceable(col: Any) -> bool:
+    return isinstance(col, (list, tuple, range)) or type(col).__module__ == "numpy"
+
+
+def _batch_slicer(coll: Any) -> tuple[int, Callable[[int, int], Any]]:
+    """Return the length of a flat collection and a function cutting ``[a:b]`` of it."""
+    if hasattr(coll, "iloc") and hasattr(coll, "__len__"):
+        return len(coll), lambda a, b: coll.iloc[a:b]
+    if isinstance(coll, (set, frozenset)):
+        items, kind = list(coll), type(coll)
+        return len(items), lambda a, b: kind(items[a:b])
+    if hasattr(coll, "__len__") and hasattr(coll, "__getitem__") and not isinstance(
+        coll, cabc.Mapping
+    ):
+        try:
+            coll[0:0]
+        except Exception:
+            pass
+        else:
+            return len(coll), lambda a, b: coll[a:b]
+    items = list(coll)
+    return len(items), lambda a, b: items[a:b]
+
+
+def cut_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous ranges covering ``range(n)``, sizes differing by at most one."""
+    size, extra = divmod(n, k)
+    bounds, start = [], 0
+    for i in range(k):
+        stop = start + size + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+@dataclass
+class Plan:
+    """The calls of one invocation, as columns: one iterable per distributed parameter.
+
+    Attributes:
+        fn: the function with its keyword constants bound.
+        params: the name of the parameter behind each column.
+        columns: one sequence (or one-shot iterator, when streaming) per parameter.
+        n: the number of calls, or ``None`` when an iterator's length is unknown.
+        batch_columns: indexes of columns whose items are batches (for progress counts).
+        total_units: elements to report progress in (calls, or batch elements).
+        flatten: concatenate per-call results.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    params: list[str]
+    columns: list[Any]
+    n: int | None
+    batch_columns: list[int] = field(default_factory=list)
+    total_units: int | None = None
+    flatten: bool = False
+
+    def chunks(self, next_size: Callable[[], int]) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """Yield ``(index of first call, columns of the chunk)``, asking for each size."""
+        start = 0
+        if self.n is not None and all(_sliceable(c) for c in self.columns):
+            while start < self.n:
+                stop = min(self.n, start + next_size())
+                yield start, tuple(c[start:stop] for c in self.columns)
+                start = stop
+            return
+        iters = [iter(c) for c in self.columns]
+        while True:
+            size = next_size()
+            parts = tuple(list(itertools.islice(it, size)) for it in iters)
+            lengths = {len(p) for p in parts}
+            if len(lengths) > 1:
+                detail = ", ".join(
+                    f"{p!r} ran out after {start + len(part)}"
+                    for p, part in zip(self.params, parts, strict=True)
+                )
+                raise ValueError(
+                    f"{self.name}(): the distributed arguments have different lengths "
+                    f"({detail}); every positional argument needs one item per call"
+                )
+            m = lengths.pop() if lengths else 0
+            if m == 0:
+                return
+            yield start, parts
+            start += m
+
+    def weight(
+        self, columns: Sequence[Sequence[Any]], offset: int = 0, count: int | None = None
+    ) -> int:
+        """How many progress units calls ``offset:offset+count`` of a chunk are worth."""
+        m = len(columns[0]) - offset if count is None else count
+        if not self.batch_columns:
+            return m
+        col = columns[self.batch_columns[0]]
+        return sum(len(col[i]) for i in range(offset, offset + m))
+
+    def describe_call(self, columns: Sequence[Sequence[Any]], j: int) -> str:
+        """``name=value, ...`` for call ``j`` of a chunk, short enough for a message."""
+        return ", ".join(
+            f"{p}={short_repr(c[j])}" for p, c in zip(self.params, columns, strict=True)
+        )
+
+
+def _not_iterable(info: FunctionInfo, name: str, value: Any) -> TypeError:
+    return TypeError(
+        f"{info.name}() parameter {name!r} is distributed (it was passed positionally), so it "
+        f"takes an iterable with one {_type_name(info.annotations.get(name))} per call; got "
+        f"{type(value).__name__} {short_repr(value)}. Pass a list (or any iterable), or pass "
+        f"it by keyword ({name}=...) to give every call the same value."
+    )
+
+
+def make_plan(
+    info: FunctionInfo,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    workers: Callable[[], int],
+    autobatch: bool,
+    batches: int | None,
+    flatten: bool,
+    materialize: bool,
+) -> Plan:
+    """Bind one invocation's arguments and cut them into columns of calls.
+
+    Raises:
+        TypeError: the arguments do not bind, or a distributed argument is not iterable.
+        ValueError: the lengths of the distributed arguments do not fit together.
+    """
+    try:
+        info.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{info.name}(): {exc}") from None
+    positional = [
+        p
+        for p in info.signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    names: list[str] = []
+    for i in range(len(args)):
+        p = positional[min(i, len(positional) - 1)]
+        extra = i - positional.index(p)
+        names.append(p.name if p.kind is not p.VAR_POSITIONAL else f"{p.name}[{extra}]")
+    if not args:
+        raise TypeError(
+            f"{info.name}() got no positional argument to distribute over: positional "
+            f"arguments are split into calls, keyword arguments are constants. Pass the "
+            f"iterable(s) positionally, or use .submit(...) for one plain call."
+        )
+    bound_fn = functools.partial(fn, **kwargs) if kwargs else fn
+
+    def role(name: str) -> Role:
+        return info.roles.get(name.split("[", 1)[0], Role.ELEMENT)
+
+    elements: list[int] = []
+    batch_idx: list[int] = []
+    columns: list[Any] = list(args)
+    for i, (name, value) in enumerate(zip(names, args, strict=True)):
+        is_batch = role(name) is Role.BATCH
+        if not is_batch and isinstance(value, (str, bytes, bytearray)):
+            raise TypeError(
+                f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
+                f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
+                f"split into characters. Pass a list of them, or pass it by keyword "
+                f"({name}=...) to give every call the same value."
+            )
+        try:
+            iter(value)
+        except TypeError:
+            raise _not_iterable(info, name, value) from None
+        (batch_idx if is_batch and autobatch else elements).append(i)
+
+    if not batch_idx:
+        # Element calls (also batch parameters with autobatch=False: items are batches).
+        lengths: dict[str, int | None] = {}
+        for i in elements:
+            col = columns[i]
+            if materialize and not hasattr(col, "__len__"):
+                col = columns[i] = list(col)
+            lengths[names[i]] = len(col) if hasattr(col, "__len__") else None
+        known = {v for v in lengths.values() if v is not None}
+        if len(known) > 1:
+            raise ValueError(
+                f"{info.name}(): the distributed (positional) arguments must have the same "
+                f"length, one item per call; got "
+                + ", ".join(f"{k!r} with {'?' if v is None else v}" for k, v in lengths.items())
+            )
+        n = known.pop() if known and all(v is not None for v in lengths.values()) else None
+        if n is None and known and materialize:
+            n = next(iter(known))
+        batch_cols = [i for i in elements if role(names[i]) is Role.BATCH]
+        plan = Plan(bound_fn, info.name, names, columns, n, batch_cols, flatten=flatten)
+        if n is not None and not batch_cols:
+            plan.total_units = n
+        elif n is not None and all(hasattr(columns[i], "__len__") for i in batch_cols):
+            try:
+                plan.total_units = sum(len(b) for b in columns[batch_cols[0]])
+            except TypeError:
+                plan.total_units = None
+        return plan
+
+    # Autobatch: flat collections cut into k contiguous batches.
+    slicers: dict[int, tuple[int, Callable[[int, int], Any]]] = {
+        i: _batch_slicer(columns[i]) for i in batch_idx
+    }
+    for i in elements:
+        if not hasattr(columns[i], "__len__"):
+            columns[i] = list(columns[i])
+    flat = {names[i]: slicers[i][0] for i in batch_idx}
+    if elements:
+        k_lengths = {names[i]: len(columns[i]) for i in elements}
+        if len(set(k_lengths.values())) > 1:
+            raise ValueError(
+                f"{info.name}(): the element arguments must have the same length; got "
+                + ", ".join(f"{k!r} with {v}" for k, v in k_lengths.items())
+            )
+        k = next(iter(k_lengths.values()))
+        bad = {p: m for p, m in flat.items() if (k == 0 and m) or (k and m % k)}
+        if bad:
+            raise ValueError(
+                f"{info.name}(): element arguments "
+                + ", ".join(f"{p!r} ({m})" for p, m in k_lengths.items())
+                + f" make {k} calls, so each batch argument's length must be a multiple of "
+                f"{k} (cut into {k} equal batches); got "
+                + ", ".join(f"{p!r} with {m}" for p, m in flat.items())
+            )
+    else:
+        if len(set(flat.values())) > 1:
+            raise ValueError(
+                f"{info.name}(): the batch arguments are cut into the same batches, so they "
+                f"must have the same length; got "
+                + ", ".join(f"{p!r} with {m}" for p, m in flat.items())
+            )
+        total = next(iter(flat.values()))
+        k = 0 if total == 0 else min(total, batches if batches is not None else workers())
+    for i in batch_idx:
+        total_i, cut = slicers[i]
+        columns[i] = [cut(a, b) for a, b in cut_bounds(total_i, k)] if k else []
+    plan = Plan(bound_fn, info.name, names, columns, k, batch_idx, flatten=flatten)
+    plan.total_units = next(iter(flat.values()))
+    return plan

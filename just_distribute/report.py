@@ -1,0 +1,86 @@
+"""The run report: how long a run took and how its calls were spread over the workers."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["RunReport", "WorkerStats"]
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did in a run.
+
+    Attributes:
+        calls: calls it ran.
+        busy: seconds it spent running them.
+        chunks: chunks it received.
+        share: its fraction of the run's calls (0..1), filled in when the run ends.
+    """
+
+    calls: int = 0
+    busy: float = 0.0
+    chunks: int = 0
+    share: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """Wall time, number of calls, throughput and per-worker figures of one run.
+
+    Attributes:
+        function: the function's name.
+        job: the job it ran on.
+        workers: the number of workers available.
+        calls: the calls run (retries count again).
+        wall: the run's wall time in seconds.
+        per_worker: per worker name, its :class:`WorkerStats`.
+    """
+
+    function: str
+    job: str
+    workers: int
+    calls: int = 0
+    wall: float = 0.0
+    per_worker: dict[str, WorkerStats] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, worker: str, calls: int, started: float, ended: float) -> None:
+        """Count a finished chunk of ``calls`` calls run by ``worker``."""
+        with self._lock:
+            stats = self.per_worker.setdefault(worker, WorkerStats())
+            stats.calls += calls
+            stats.chunks += 1
+            stats.busy += max(0.0, ended - started)
+            self.calls += calls
+
+    def finish(self, wall: float) -> None:
+        """Close the report with the run's wall time."""
+        with self._lock:
+            self.wall = wall
+            for stats in self.per_worker.values():
+                stats.share = stats.calls / self.calls if self.calls else 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Calls per second over the run's wall time."""
+        return self.calls / self.wall if self.wall > 0 else 0.0
+
+    def table(self) -> str:
+        """The report as a plain-text table."""
+        lines = [
+            f"{self.function} on job={self.job!r} with {self.workers} workers: "
+            f"{self.calls} calls in {self.wall:.3f} s ({self.throughput:,.1f} calls/s)",
+            f"{'worker':<28} {'calls':>9} {'chunks':>7} {'busy s':>9} {'share':>7} {'util':>6}",
+        ]
+        for name, s in sorted(self.per_worker.items()):
+            util = s.busy / self.wall if self.wall > 0 else 0.0
+            lines.append(
+                f"{name[:28]:<28} {s.calls:>9} {s.chunks:>7} {s.busy:>9.3f} "
+                f"{s.share:>6.1%} {util:>6.1%}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()

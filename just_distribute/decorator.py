@@ -134,6 +134,14 @@ class Distributed(Generic[P, R]):
             instance=self._instance,
         )
 
+    def _callable(self) -> Callable[..., Any]:
+        # A bound method pickles as ``getattr(instance, name)``, which a worker would resolve
+        # to this decorated object again; a partial of the plain function pickles by value.
+        fn: Callable[..., Any] = self.__wrapped__
+        if self._instance is not None and isinstance(fn, types.MethodType):
+            return functools.partial(fn.__func__, self._instance)
+        return fn
+
     def _setup(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], materialize: bool
     ) -> tuple[Plan, Options, Executor | None]:
@@ -151,7 +159,7 @@ class Distributed(Generic[P, R]):
         def workers() -> int:
             return executor().workers or 1
 
-        fn: Callable[..., Any] = self.__wrapped__
+        fn = self._callable()
         plan = make_plan(
             self._info, fn, args, kwargs, workers=workers, autobatch=options.autobatch,
             batches=options.batches, flatten=options.flatten, materialize=materialize,
@@ -249,7 +257,7 @@ class Distributed(Generic[P, R]):
         ex = get_executor(options)
         if ex.check_nesting():
             ex = get_executor(options.replace(job="serial"))
-        target: Callable[..., Any] = self.__wrapped__
+        target = self._callable()
         if is_async(target) and ex.name != "web":
             target = BlockingCall(target)
         maker = AsyncOneCall if is_async(target) else OneCall

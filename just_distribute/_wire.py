@@ -54,10 +54,34 @@ class _FunctionPickler(pickle.Pickler):
         return NotImplemented
 
 
+def process_bound(obj: Any) -> str | None:
+    """If ``obj`` only makes sense in this process, say what it is; else ``None``.
+
+    dill would copy locks and reopen files by name in the worker: a copy that protects or
+    shares nothing, so such objects are refused instead of silently duplicated.
+    """
+    import _thread
+
+    if isinstance(obj, _thread.LockType | _thread.RLock):
+        return f"a thread lock ({type(obj).__name__}): it synchronises one process only"
+    if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
+        return f"an open file or stream ({type(obj).__name__}): it belongs to this process"
+    return None
+
+
 def _dill_dumps(obj: Any) -> bytes:
     import dill  # imported lazily: most payloads never need it
 
-    return bytes(dill.dumps(obj, protocol=PROTOCOL, recurse=True))
+    class _Pickler(dill.Pickler):  # type: ignore[misc]
+        def reducer_override(self, value: Any) -> Any:
+            what = process_bound(value)
+            if what is not None:
+                raise pickle.PicklingError(f"{what}, it cannot be sent to another one")
+            return NotImplemented
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=PROTOCOL, recurse=True).dump(obj)
+    return buf.getvalue()
 
 
 def dumps_function(obj: Any) -> bytes:

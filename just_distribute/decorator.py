@@ -79,6 +79,14 @@ def _load_bound(module: str, qualname: str, instance: object) -> Any:
     return types.MethodType(_wire.load_wrapped(module, qualname), instance)
 
 
+def _new_distributed() -> Distributed[..., Any]:
+    return Distributed.__new__(Distributed)
+
+
+def _fill_distributed(obj: Distributed[..., Any], state: tuple[Any, dict[str, Any]]) -> None:
+    Distributed.__init__(obj, state[0], state[1])
+
+
 class Distributed(Generic[P, R]):
     """A function made parallel by :func:`distribute`.
 
@@ -125,6 +133,11 @@ class Distributed(Generic[P, R]):
         if self._instance is not None:
             func = target.__func__  # type: ignore[attr-defined]
             return (_load_bound, (func.__module__, func.__qualname__, self._instance))
+        if target.__module__ == "__main__" or "<" in target.__qualname__:
+            # A worker cannot import it: send it by value, as a decorated function again,
+            # so that a nested call runs as it would from an importable module (serially,
+            # in the worker). The state is set after the object exists: recursion is fine.
+            return (_new_distributed, (), (target, self._explicit), None, None, _fill_distributed)
         return (_wire.load_wrapped, (target.__module__, target.__qualname__))
 
     def with_options(self, **options: Unpack[DistributeOptions]) -> Distributed[P, R]:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ._chunk import ChunkResult
 from .config import Options
-from .errors import CallTimeoutError, RemoteTraceback, WorkerLostError
+from .errors import CallTimeoutError, RemoteTraceback, SendError, WorkerLostError
 from .executors.base import ChunkFuture, Executor, Payload, RunScope, Task
 from .planning import Plan
 from .report import RunReport
@@ -28,6 +28,10 @@ __all__ = ["Checkpoint", "Progress", "execute"]
 log = logging.getLogger("just_distribute")
 
 _MAX_ADAPTIVE_CHUNK = 100_000
+# With a checkpoint, chunk bounds must not depend on timing (a rerun must cut the same
+# chunks to find their records) and records should be small steps of the whole.
+_CHECKPOINT_PARTS = 100
+_CHECKPOINT_STREAM_CHUNK = 16
 _POLL = 0.5  # the longest single wait, so that every loop notices timeouts and signals
 
 
@@ -42,24 +46,34 @@ class Progress(Protocol):
 
 
 class Checkpoint(Protocol):
-    """Durable records of finished chunks (see ``checkpoint=``)."""
+    """Durable records of finished chunks (see ``checkpoint=``).
 
-    def lookup(self, start: int, stop: int) -> list[Any] | None:
-        """The stored results of calls ``start:stop``, if all of them are recorded."""
+    Both methods get the chunk's input columns, so that a record can be keyed by the
+    inputs it was computed from (and an input stream of unknown length can be recorded).
+    """
 
-    def store(self, start: int, values: list[Any]) -> None:
-        """Record the results of the calls from ``start`` on, atomically."""
+    def lookup(self, start: int, columns: tuple[Any, ...]) -> list[Any] | None:
+        """The stored results of the chunk's calls (from call ``start`` on), if recorded."""
+
+    def store(self, start: int, columns: tuple[Any, ...], values: list[Any]) -> None:
+        """Record the results of a finished chunk, atomically."""
 
 
 class _Sizer:
     """Chooses chunk sizes: fixed, from the number of calls, or from measured call times."""
 
-    def __init__(self, options: Options, executor: Executor, n: int | None) -> None:
+    def __init__(
+        self, options: Options, executor: Executor, n: int | None, *, fixed: bool = False
+    ) -> None:
         self.adaptive = False
         if options.chunksize is not None:
             self.size = options.chunksize
         elif options.timeout is not None:
             self.size = 1  # a timeout is per call: each call must be watched on its own
+        elif fixed:
+            # Independent of timing and (up to 25 workers x 4) of the worker count.
+            parts = max(_CHECKPOINT_PARTS, executor.workers * executor.chunks_per_worker)
+            self.size = max(1, math.ceil(n / parts)) if n else _CHECKPOINT_STREAM_CHUNK
         elif n is not None:
             parts = executor.workers * executor.chunks_per_worker
             self.size = max(1, math.ceil(n / parts))
@@ -138,7 +152,7 @@ class _Run:
         self.checkpoint = checkpoint
         self.payload = Payload(plan.fn, plan.name)
         self.scope = RunScope()
-        self.sizer = _Sizer(options, executor, plan.n)
+        self.sizer = _Sizer(options, executor, plan.n, fixed=checkpoint is not None)
         self.window = options.max_in_flight or executor.workers * executor.in_flight_per_worker
         # Workers stop a chunk at its first error whenever the engine may have to act on
         # it (raise, or retry); only "return without retries" lets them run on.
@@ -150,14 +164,23 @@ class _Run:
     # -- submitting ------------------------------------------------------------------
     def submit(self, ch: _Chunk) -> None:
         task = Task(self.payload, ch.remaining(), self.stop_on_error, self.scope)
-        fut = self.executor.submit(task)
+        try:
+            fut = self.executor.submit(task)
+        except SendError as exc:
+            if exc.at is not None:
+                at = ch.offset + exc.at
+                decorate_error(exc, None, ch.start + at, self.plan.name, self.describe(ch, at))
+            raise
         ch.future = fut
         self.pending[fut] = ch
 
     def settle(self, ch: _Chunk) -> None:
         """The chunk has all its values."""
         if self.checkpoint is not None:
-            self.checkpoint.store(ch.start, ch.values)
+            try:
+                self.checkpoint.store(ch.start, ch.columns, ch.values)
+            except Exception as exc:  # a full disk must not cost the results themselves
+                log.error("checkpoint: could not record calls from %d on: %s", ch.start, exc)
         self.finished[ch.seq] = ch.values
 
     def advance(self, ch: _Chunk) -> None:
@@ -296,7 +319,7 @@ class _Run:
                     ch = _Chunk(seq, start, columns)
                     seq += 1
                     stored = (
-                        self.checkpoint.lookup(start, start + ch.size)
+                        self.checkpoint.lookup(start, columns)
                         if self.checkpoint is not None
                         else None
                     )

@@ -72,7 +72,13 @@ class WorkerLostError(JustDistributeError):
 
 
 class SendError(JustDistributeError, TypeError):
-    """A function or an argument could not be serialised to be sent to a worker."""
+    """A function or an argument could not be serialised to be sent to a worker.
+
+    Attributes:
+        at: for an argument, the position in its chunk of the call it belongs to.
+    """
+
+    at: int | None = None
 
 
 class ReceiveError(JustDistributeError):

@@ -59,9 +59,12 @@ class Payload:
                 try:
                     self._bytes = dumps_function(self.fn)
                 except Exception as exc:
+                    from .._sendable import explain_function
+
+                    why = explain_function(self.fn) or f"{type(exc).__name__}: {exc}"
                     raise SendError(
                         f"cannot send {self.name}() or its keyword constants to a worker "
-                        f"process: {type(exc).__name__}: {exc}. Functions, lambdas and "
+                        f"process: {why}. Functions, lambdas and "
                         f"closures are sent by value, but what they capture (open files, "
                         f"locks, sockets, database connections) cannot cross a process "
                         f"boundary: create such objects inside the function, or use "

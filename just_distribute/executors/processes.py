@@ -248,10 +248,20 @@ class ProcessExecutor(Executor):
         try:
             data = _wire.dumps(task.columns)
         except Exception as exc:
-            raise SendError(
+            from .._sendable import explain_columns
+
+            found = explain_columns(task.columns)
+            why = f"{type(exc).__name__}: {exc}"
+            if found is not None:
+                why = f"positional argument {found[1] + 1} {found[2]}"
+            err = SendError(
                 f"cannot send the arguments of {task.payload.name}() to a worker process: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+                f"{why}. Pass plain data (numbers, strings, lists, arrays) and create "
+                f"process-bound objects (locks, files, connections) inside the function, "
+                f'or use job="io" (threads), which sends nothing.'
+            )
+            err.at = found[0] if found is not None else None
+            raise err from exc
         if not self._workers:
             self._start()
         fut = ChunkFuture()

@@ -1,0 +1,76 @@
+"""Say *which* object stops a function or an argument from being sent, and why.
+
+Called only after serialisation has failed, to turn "cannot pickle 'generator' object"
+into "its keyword constant 'rows' (a generator) cannot be pickled".
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import _wire
+
+__all__ = ["explain_columns", "explain_function"]
+
+
+def _why(value: Any) -> str | None:
+    """None if ``value`` can be sent; else the reason it cannot."""
+    try:
+        _wire.dumps(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _parts(fn: Any) -> Iterator[tuple[str, Any]]:
+    """The named things a function carries with it, outermost first."""
+    if isinstance(fn, functools.partial):
+        for name, value in fn.keywords.items():
+            yield f"keyword constant {name!r}", value
+        for i, value in enumerate(fn.args):
+            yield f"bound argument {i}", value
+        yield from _parts(fn.func)
+        return
+    if isinstance(fn, types.MethodType):
+        yield "instance (self)", fn.__self__
+        yield from _parts(fn.__func__)
+        return
+    inner = getattr(fn, "fn", None)  # the call wrappers of _chunk
+    if not isinstance(fn, types.FunctionType) and callable(inner):
+        yield from _parts(inner)
+        return
+    if not isinstance(fn, types.FunctionType):
+        return
+    code = fn.__code__
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            yield f"captured variable {name!r}", cell.cell_contents
+        except ValueError:
+            continue
+    for i, value in enumerate(fn.__defaults__ or ()):
+        yield f"default value {i}", value
+    for name in sorted(code.co_names):
+        if name in fn.__globals__ and not isinstance(fn.__globals__[name], types.ModuleType):
+            yield f"global {name!r}", fn.__globals__[name]
+
+
+def explain_function(fn: Any) -> str | None:
+    """Name the first object carried by ``fn`` that cannot be sent, with the reason."""
+    for where, value in _parts(fn):
+        reason = _why(value)
+        if reason is not None:
+            return f"its {where} ({type(value).__name__}) cannot be sent: {reason}"
+    return None
+
+
+def explain_columns(columns: Sequence[Sequence[Any]]) -> tuple[int, int, str] | None:
+    """``(row, column, reason)`` of the first argument that cannot be sent, if found."""
+    for c, column in enumerate(columns):
+        for row, value in enumerate(column):
+            reason = _why(value)
+            if reason is not None:
+                return row, c, f"({type(value).__name__}) cannot be sent: {reason}"
+    return None

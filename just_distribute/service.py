@@ -1,0 +1,412 @@
+"""The function service: ``just-distribute cluster``, and :func:`start_service` for programs.
+
+The service is a dask scheduler and N dask workers, each a separate process with one thread,
+so that each runs one function at a time. The scheduler (and the nannies that restart a
+worker process that dies) lives in the service's own process; the workers are its children.
+It serves until Ctrl-C or SIGTERM (or until the process that started it with
+:func:`start_service` disappears), then stops every process it started.
+
+Clients reach it with ``@distribute(job="cluster", address=...)``, ``compute_this`` or any
+dask ``Client``. The dashboard and Prometheus metrics (``/metrics``) share one HTTP port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from . import _tls
+from .config import usable_cpus
+from .errors import JustDistributeError, MissingExtraError
+
+__all__ = ["ServiceHandle", "configure", "main", "start_service"]
+
+log = logging.getLogger("just_distribute")
+
+_READY = "just-distribute: service ready"
+_START_TIMEOUT = 120.0  # seconds for the service to come up on a loaded machine
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``just-distribute cluster``."""
+    parser.add_argument("--workers", "-n", type=int, default=None,
+                        help="worker processes, one thread each (default: usable CPUs)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to serve on (default 127.0.0.1; others need --tls)")
+    parser.add_argument("--port", type=int, default=8786,
+                        help="scheduler port (default 8786; 0 picks a free one)")
+    parser.add_argument("--dashboard-port", type=int, default=8787,
+                        help="dashboard and /metrics port (default 8787; 0 picks a free one)")
+    parser.add_argument("--tls", action="store_true",
+                        help="encrypt and authenticate with a private CA made in --tls-dir")
+    parser.add_argument("--tls-dir", default="just-distribute-tls",
+                        help="where --tls writes (or finds) ca.pem, cert.pem, key.pem")
+    parser.add_argument("--tls-ca", help="CA certificate file (with --tls-cert, --tls-key)")
+    parser.add_argument("--tls-cert", help="certificate file of the service")
+    parser.add_argument("--tls-key", help="private key file of the certificate")
+    parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def tls_from_args(args: argparse.Namespace) -> _tls.TlsFiles | None:
+    """The TLS files named or requested on the command line (made if asked to).
+
+    Raises:
+        ValueError: only some of --tls-ca/--tls-cert/--tls-key were given.
+    """
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(given):
+        if not all(given):
+            raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
+        return _tls.resolve({"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key})
+    if args.tls:
+        extra = [args.host] if getattr(args, "host", None) else []
+        return _tls.generate(args.tls_dir, extra)
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise MissingExtraError("the function service", "cluster", "distributed") from None
+    return distributed
+
+
+def _http_urls(scheduler: Any, host: str) -> tuple[str | None, str | None]:
+    server = getattr(scheduler, "http_server", None)
+    if server is None:
+        return None, None
+    port = server.port
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    base = f"http://{shown}:{port}"
+    try:
+        import prometheus_client  # noqa: F401 - dask serves /metrics only when it is installed
+    except ImportError:
+        metrics = None
+    else:
+        metrics = f"{base}/metrics"
+    return f"{base}/status", metrics
+
+
+def serve(
+    workers: int,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8786,
+    dashboard_port: int = 8787,
+    tls: _tls.TlsFiles | None = None,
+    stop: threading.Event,
+    announce: Callable[[str], None] = print,
+    parent_pid: int | None = None,
+) -> None:
+    """Run the service in this process until ``stop`` is set (or ``parent_pid`` is gone).
+
+    Args:
+        workers: worker processes, each with one thread.
+        host: the interface to bind.
+        port: the scheduler port (0: a free one).
+        dashboard_port: the dashboard and /metrics port (0: a free one).
+        tls: certificate files; None serves plain TCP.
+        stop: set it to end the service.
+        announce: receives the lines that tell the address, dashboard and metrics URLs.
+        parent_pid: end the service when this process is gone.
+    """
+    distributed = _import_distributed()
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    security = _tls.security(tls) if tls is not None else None
+    protocol = "tls://" if tls is not None else "tcp://"
+    if not _is_loopback(host) and tls is None:
+        message = (
+            f"serving on {host} without TLS: anyone who can reach this port can run code "
+            f"on these machines. Use --tls, or --host 127.0.0.1 behind an SSH tunnel."
+        )
+        warnings.warn(message, stacklevel=2)
+        log.warning("%s", message)
+    common = {"host": host, "protocol": protocol, "security": security}
+    scheduler_spec = {
+        "cls": Scheduler,
+        "options": {**common, "port": port, "dashboard": True,
+                    "dashboard_address": f"{host}:{dashboard_port}"},
+    }
+    # Named workers ("worker-0", ...): stable names in the dashboard, logs and metrics.
+    worker_spec = {
+        f"worker-{i}": {
+            "cls": Nanny,
+            "options": {**common, "nthreads": 1, "dashboard": False, "silence_logs": logging.ERROR},
+        }
+        for i in range(workers)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bokeh-missing and port-in-use chatter
+        cluster = SpecCluster(  # type: ignore[no-untyped-call]
+            workers=worker_spec, scheduler=scheduler_spec, security=security,
+            silence_logs=logging.ERROR, name="just-distribute",
+        )
+    try:
+        client_security = security
+        with distributed.Client(cluster, security=client_security, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=_START_TIMEOUT)
+        dashboard, metrics = _http_urls(cluster.scheduler, host)
+        announce(f"scheduler: {cluster.scheduler_address}")
+        announce(f"dashboard: {dashboard or 'off'}")
+        announce(f"metrics: {metrics or 'off (pip install prometheus-client)'}")
+        announce(f"workers: {workers} processes x 1 thread")
+        if tls is not None:
+            announce(f"tls: ca={tls.ca} cert={tls.cert} key={tls.key}")
+        announce(_READY)
+        while not stop.wait(0.5):
+            if parent_pid is not None and not _alive(parent_pid):
+                log.warning("the process that started the service is gone: stopping")
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=30)
+        _reap_children()
+
+
+def _alive(pid: int) -> bool:
+    if os.getppid() != pid:  # re-parented: the starter died
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_children() -> None:
+    """Stop any child process the cluster left behind."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + 5
+    for child in children:
+        child.join(max(0.1, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(2)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``just-distribute cluster``: serve until Ctrl-C or SIGTERM."""
+    try:
+        tls = tls_from_args(args)
+    except (ValueError, FileNotFoundError, TypeError, MissingExtraError) as exc:
+        print(f"just-distribute cluster: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        serve(
+            args.workers or usable_cpus(), host=args.host, port=args.port,
+            dashboard_port=args.dashboard_port, tls=tls, stop=stop, announce=announce,
+            parent_pid=args.parent_pid,
+        )
+    except MissingExtraError as exc:
+        print(f"just-distribute cluster: {exc}", file=sys.stderr)
+        return 2
+    print("just-distribute: service stopped", flush=True)
+    return 0
+
+
+class ServiceHandle:
+    """A running function service started by :func:`start_service`.
+
+    Attributes:
+        address: the scheduler address, e.g. ``"tcp://127.0.0.1:40123"``.
+        dashboard_url: the dashboard (None when off).
+        metrics_url: the Prometheus metrics (None without prometheus-client).
+        tls: the certificate files clients need (None without TLS); pass as ``tls=``.
+        pid: the service process id.
+    """
+
+    def __init__(
+        self, proc: subprocess.Popen[str], info: dict[str, str], log_file: IO[str],
+        tls: _tls.TlsFiles | None,
+    ) -> None:
+        self._proc = proc
+        self._log = log_file
+        self.pid = proc.pid
+        self.address: str = info["scheduler"]
+        self.dashboard_url: str | None = info.get("dashboard") if info.get(
+            "dashboard", "off").startswith("http") else None
+        metrics = info.get("metrics", "off")
+        self.metrics_url: str | None = metrics if metrics.startswith("http") else None
+        self.tls = tls
+
+    def __repr__(self) -> str:
+        return f"<ServiceHandle {self.address} pid={self.pid}>"
+
+    @property
+    def running(self) -> bool:
+        """Whether the service process is still alive."""
+        return self._proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the service and every process it started (SIGTERM, then SIGKILL)."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("the service did not stop within %.0fs: killing it", timeout)
+        # Its process group holds the workers: make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._log.close()
+
+    def __enter__(self) -> ServiceHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tls_for_service(tls: Any) -> _tls.TlsFiles | None:
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return _tls.generate(tempfile.mkdtemp(prefix="just-distribute-tls-"))
+    return _tls.resolve(tls)
+
+
+def start_service(
+    workers: int,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    dashboard_port: int = 0,
+    tls: Any = None,
+) -> ServiceHandle:
+    """Start the function service as a separate process and return once it serves.
+
+    Args:
+        workers: worker processes, one thread each.
+        host: the interface to bind (default 127.0.0.1).
+        port: the scheduler port (0: a free one).
+        dashboard_port: the dashboard and /metrics port (0: a free one).
+        tls: None for plain TCP; True to make a private CA in a temporary directory; or a
+            directory / mapping of ``ca``, ``cert``, ``key`` files (see ``tls=``).
+
+    Returns:
+        A :class:`ServiceHandle` (a context manager that stops the service on exit).
+
+    Raises:
+        JustDistributeError: the service did not come up; the message holds its log.
+    """
+    files = _tls_for_service(tls)
+    cmd = [
+        sys.executable, "-m", "just_distribute.service", "--workers", str(workers),
+        "--host", host, "--port", str(port), "--dashboard-port", str(dashboard_port),
+        "--parent-pid", str(os.getpid()),
+    ]
+    if files is not None:
+        cmd += ["--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key]
+    # Held open by the handle for the service's life: not a with-block.
+    log_file = tempfile.TemporaryFile("w+")  # noqa: SIM115
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, text=True,
+        env=env, start_new_session=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, name="just_distribute-service-out", daemon=True).start()
+    info: dict[str, str] = {}
+    deadline = time.monotonic() + _START_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JustDistributeError(f"the service did not start within {_START_TIMEOUT}s")
+            try:
+                line = lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                raise JustDistributeError(
+                    f"the service exited with code {proc.wait(10)} before it was ready"
+                )
+            if line == _READY:
+                break
+            key, sep, value = line.partition(": ")
+            if sep:
+                info[key] = value
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        log_file.seek(0)
+        tail = log_file.read()[-3000:]
+        log_file.close()
+        if isinstance(exc, JustDistributeError):
+            raise JustDistributeError(f"{exc}. Its log ends with:\n{tail}") from None
+        raise
+    return ServiceHandle(proc, info, log_file, files)
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    """``python -m just_distribute.service``: the ``cluster`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="just-distribute cluster")
+    configure(parser)
+    logging.basicConfig(level=logging.WARNING)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

@@ -1,0 +1,124 @@
+"""``just-distribute worker ADDRESS --workers N``: join more workers to a function service.
+
+Each worker is a dask worker process with one thread (one function at a time), kept alive
+by a nanny that restarts it if it dies. They serve until Ctrl-C or SIGTERM, then stop; none
+is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+from . import _tls
+from .config import usable_cpus
+from .errors import MissingExtraError
+
+__all__ = ["configure", "main"]
+
+log = logging.getLogger("just_distribute")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``just-distribute worker``."""
+    parser.add_argument("address", help="the scheduler address, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--workers", "-n", type=int, default=None,
+                        help="worker processes, one thread each (default: usable CPUs)")
+    parser.add_argument("--host", default=None,
+                        help="interface the workers listen on (default: the one that "
+                             "reaches the scheduler)")
+    parser.add_argument("--name", default=None,
+                        help="worker name prefix (default: HOSTNAME-PID); workers are "
+                             "PREFIX-0, PREFIX-1, ...")
+    parser.add_argument("--tls", dest="tls_dir", default=None,
+                        help="directory with ca.pem, cert.pem, key.pem (from `cluster --tls`)")
+    parser.add_argument("--tls-ca", help="CA certificate file")
+    parser.add_argument("--tls-cert", help="certificate file")
+    parser.add_argument("--tls-key", help="private key file")
+
+
+def _tls_files(args: argparse.Namespace) -> _tls.TlsFiles | None:
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(given):
+        if not all(given):
+            raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
+        return _tls.resolve({"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key})
+    if args.tls_dir:
+        return _tls.resolve(args.tls_dir)
+    if args.address.startswith("tls://") and os.environ.get("JUST_DISTRIBUTE_TLS"):
+        return _tls.resolve(os.environ["JUST_DISTRIBUTE_TLS"])
+    return None
+
+
+async def _run(args: argparse.Namespace, files: _tls.TlsFiles | None) -> None:
+    from distributed import Nanny
+
+    security = _tls.security(files) if files is not None else None
+    prefix = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    count = args.workers or usable_cpus()
+    nannies = [
+        Nanny(
+            args.address, nthreads=1, name=f"{prefix}-{i}", host=args.host, security=security,
+            dashboard=False, silence_logs=logging.ERROR,
+        )
+        for i in range(count)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.gather(*(n.start() for n in nannies))  # type: ignore[no-untyped-call]
+        print(f"joined {count} workers ({prefix}-0 ... {prefix}-{count - 1}) to {args.address}",
+              flush=True)
+        waits = [
+            asyncio.ensure_future(n.finished())  # type: ignore[no-untyped-call]
+            for n in nannies
+        ]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    finally:
+        for nanny in nannies:
+            with contextlib.suppress(Exception):
+                await nanny.close(timeout=20)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``just-distribute worker``: serve until Ctrl-C or SIGTERM."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        print(f"just-distribute worker: {MissingExtraError('workers', 'cluster', 'distributed')}",
+              file=sys.stderr)
+        return 2
+    try:
+        files = _tls_files(args)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"just-distribute worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(args, files))
+    except OSError as exc:
+        print(f"just-distribute worker: cannot join {args.address}: {exc}", file=sys.stderr)
+        return 1
+    print("just-distribute: workers stopped", flush=True)
+    return 0
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    """``python -m just_distribute.service_worker``: the ``worker`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="just-distribute worker")
+    configure(parser)
+    logging.basicConfig(level=logging.WARNING)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

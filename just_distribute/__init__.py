@@ -21,6 +21,7 @@ from .errors import (
     WorkerLostError,
 )
 from .executors import Executor, register_executor
+from .pool import Pool
 from .report import RunReport, WorkerStats
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "JustDistributeError",
     "MissingExtraError",
     "Options",
+    "Pool",
     "ReceiveError",
     "RemoteTraceback",
     "RunReport",

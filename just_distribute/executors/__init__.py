@@ -185,7 +185,7 @@ def _make_coroutines(o: Options) -> Executor:
     from .coroutines import CoroutineExecutor
 
     assert o.workers is not None
-    return CoroutineExecutor(o.workers)
+    return CoroutineExecutor(o.workers, o.initializer, o.initargs)
 
 
 def _make_serial(o: Options) -> Executor:

@@ -4,20 +4,24 @@ The loop runs in a thread of its own, started on first use and kept, so a decora
 function works the same from plain code, from a notebook whose loop is running, and from
 inside another coroutine (through ``acall``). ``async def`` functions run natively, as
 ``workers`` consumer tasks taking chunks from one queue; plain functions run in a thread
-pool of ``workers`` threads.
+pool of ``workers`` threads. An ``initializer`` runs once in each consumer (awaited if it is
+a coroutine function) and once in each thread, before its first chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._chunk import CallError, ChunkResult, current_job, run_chunk
 from .base import ChunkFuture, Executor, Task
+from .threads import pass_failure
 
 __all__ = ["CoroutineExecutor", "is_async"]
 
@@ -37,14 +41,22 @@ class CoroutineExecutor(Executor):
     in_flight_per_worker = 2
     target_chunk_seconds = 0.01
 
-    def __init__(self, workers: int) -> None:
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         super().__init__(workers)
+        self._initializer = initializer
+        self._initargs = initargs
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[Task, ChunkFuture]] | None = None
         self._current: dict[ChunkFuture, asyncio.Task[None]] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._consumers: list[asyncio.Task[None]] = []
+        self._thread: threading.Thread | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -62,18 +74,49 @@ class CoroutineExecutor(Executor):
                     ]
                     ready.set()
                     loop.run_forever()
+                    # Stopped by shutdown(): end the consumers before closing the loop, so
+                    # that no coroutine is finalised later on a closed loop (noise at exit).
+                    for consumer in self._consumers:
+                        consumer.cancel()
+                    loop.run_until_complete(
+                        asyncio.gather(*self._consumers, return_exceptions=True)
+                    )
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
 
-                threading.Thread(target=serve, name="just_distribute-web", daemon=True).start()
+                self._thread = threading.Thread(
+                    target=serve, name="just_distribute-web", daemon=True
+                )
+                self._thread.start()
                 ready.wait()
                 self._loop = loop
             return self._loop
 
+    def _thread_initializer(self) -> None:
+        assert self._initializer is not None
+        outcome = self._initializer(*self._initargs)
+        if inspect.iscoroutine(outcome):
+            asyncio.run(outcome)
+
     async def _consumer(self, name: str) -> None:
         assert self._queue is not None
+        ready = self._initializer is None
         while True:
             task, fut = await self._queue.get()
             if not fut.mark_started():
                 continue
+            if not ready:
+                try:
+                    assert self._initializer is not None
+                    outcome = self._initializer(*self._initargs)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:
+                    # The consumer stays uninitialised and tries again with its next chunk.
+                    exc.add_note(f"just_distribute: raised by the initializer of consumer {name}")
+                    fut.set_exception(exc)
+                    continue
+                ready = True
             job = asyncio.ensure_future(self._run(task, fut, name))
             self._current[fut] = job
             try:
@@ -136,9 +179,13 @@ class CoroutineExecutor(Executor):
             with self._lock:
                 if self._threads is None:
                     self._threads = ThreadPoolExecutor(
-                        self.workers, thread_name_prefix="just_distribute-web"
+                        self.workers,
+                        thread_name_prefix="just_distribute-web",
+                        initializer=None if self._initializer is None else self._thread_initializer,
                     )
-            self._threads.submit(self._run_in_thread, task, fut)
+            self._threads.submit(self._run_in_thread, task, fut).add_done_callback(
+                lambda inner: pass_failure(inner, fut)
+            )
         return fut
 
     def abandon(self, future: ChunkFuture) -> None:
@@ -151,7 +198,10 @@ class CoroutineExecutor(Executor):
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the event loop and the threads."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            if wait and self._thread is not None:
+                self._thread.join(timeout=5)
         if self._threads is not None:
             self._threads.shutdown(wait=wait, cancel_futures=True)

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any
 
 from .._chunk import run_chunk
 from .base import ChunkFuture, Executor, Task
 
 __all__ = ["ThreadExecutor"]
+
+
+def pass_failure(inner: Future[None], fut: ChunkFuture) -> None:
+    """Fail ``fut`` if its work item will never run it, so that no caller waits forever.
+
+    That happens when a failed initializer breaks the thread pool (its queued items fail
+    with BrokenThreadPool) and when a shutdown drops the queued items.
+    """
+    if inner.cancelled():
+        exc: BaseException | None = RuntimeError(
+            "the thread pool was shut down before this chunk ran"
+        )
+    else:
+        exc = inner.exception()
+    if exc is not None:
+        with contextlib.suppress(InvalidStateError):  # cancelled by the caller meanwhile
+            fut.set_exception(exc)
 
 
 class ThreadExecutor(Executor):
@@ -55,7 +73,9 @@ class ThreadExecutor(Executor):
     def submit(self, task: Task) -> ChunkFuture:
         """Queue the chunk on the thread pool."""
         fut = ChunkFuture()
-        self._pool.submit(self._run, task, fut)
+        self._pool.submit(self._run, task, fut).add_done_callback(
+            lambda inner: pass_failure(inner, fut)
+        )
         return fut
 
     def shutdown(self, wait: bool = True) -> None:

@@ -1,0 +1,388 @@
+"""The moving parts behind :class:`~just_distribute.pool.Pool`.
+
+The pool's executor wrapper (so that ``terminate()`` can fail whatever is running), the
+async results and the thread that runs their callbacks, and the bounded hand-off that lets
+``imap`` stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, InvalidStateError
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._chunk import ChunkResult
+from .errors import JustDistributeError
+from .executors import ChunkFuture, Executor, Task
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+__all__ = [
+    "AsyncResult",
+    "IMapIterator",
+    "Notifier",
+    "OwnedExecutor",
+    "PoolTerminatedError",
+    "Star",
+    "AsyncStar",
+    "Stream",
+    "produce",
+    "terminated",
+]
+
+log = logging.getLogger("just_distribute")
+
+T = TypeVar("T")
+JOIN_TIMEOUT = 30.0  # terminate() waits this long for its drivers: they stop within ~1 s
+
+
+class PoolTerminatedError(JustDistributeError):
+    """The pool was terminated before this call finished."""
+
+
+def terminated() -> PoolTerminatedError:
+    return PoolTerminatedError(
+        "the Pool was terminated (terminate(), the end of a with-block, or garbage "
+        "collection) before this call finished; keep the pool open until you have its "
+        "results, e.g. call get() inside the with-block"
+    )
+
+
+class Star:
+    """``fn(*args)``: one call of ``starmap``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.fn(*args)
+
+
+class AsyncStar(Star):
+    """:class:`Star` for an ``async def`` function on the web job."""
+
+    async def __call__(self, args: Iterable[Any]) -> Any:
+        return await self.fn(*args)
+
+
+class _Mirror(ChunkFuture):
+    """The pool's view of a chunk: ``terminate()`` can fail it whatever the backend does."""
+
+    def __init__(self) -> None:
+        self.inner: ChunkFuture | None = None
+        super().__init__()
+
+    @property
+    def started_at(self) -> float | None:
+        return None if self.inner is None else self.inner.started_at
+
+    @started_at.setter
+    def started_at(self, value: float | None) -> None:
+        pass  # the backend's future keeps the start time
+
+    def cancel(self) -> bool:
+        if self.inner is not None:
+            self.inner.cancel()
+        return super().cancel()
+
+    def follow(self, inner: ChunkFuture) -> None:
+        self.inner = inner
+
+        def copy(done: Future[ChunkResult]) -> None:
+            with contextlib.suppress(InvalidStateError):  # failed or cancelled meanwhile
+                if done.cancelled():
+                    self.cancel()
+                elif (exc := done.exception()) is not None:
+                    self.set_exception(exc)
+                else:
+                    self.set_result(done.result())
+
+        inner.add_done_callback(copy)
+
+
+class OwnedExecutor(Executor):
+    """The pool's executor: the backend's, plus a way to fail everything it has running."""
+
+    def __init__(self, inner: Executor, owned: bool) -> None:
+        super().__init__(inner.workers)
+        # The engine reads the backend's sizing hints from the executor it is given.
+        vars(self).update(
+            name=inner.name,
+            remote=inner.remote,
+            chunks_per_worker=inner.chunks_per_worker,
+            in_flight_per_worker=inner.in_flight_per_worker,
+            target_chunk_seconds=inner.target_chunk_seconds,
+        )
+        self.inner = inner
+        self.owned = owned
+        self._lock = threading.Lock()
+        self._live: set[_Mirror] = set()
+        self._terminated = False
+        self._shut = False
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Submit to the backend and hand back a future that terminate() can fail."""
+        with self._lock:
+            if self._terminated:
+                raise terminated()
+            outer = _Mirror()
+            self._live.add(outer)
+        outer.add_done_callback(self._forget)
+        try:
+            inner = self.inner.submit(task)
+        except BaseException:
+            self._forget(outer)
+            raise
+        outer.follow(inner)
+        return outer
+
+    def _forget(self, fut: Future[ChunkResult]) -> None:
+        with self._lock:
+            self._live.discard(fut)
+
+    def abandon(self, future: ChunkFuture) -> None:
+        """Abandon the backend's future (killing its worker where the backend can)."""
+        if isinstance(future, _Mirror) and future.inner is not None:
+            self.inner.abandon(future.inner)
+        future.cancel()
+
+    def fail_all(self) -> None:
+        """Refuse new chunks and fail every chunk still running."""
+        with self._lock:
+            self._terminated = True
+            live = list(self._live)
+        for fut in live:
+            with contextlib.suppress(InvalidStateError):
+                fut.set_exception(terminated())
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Shut the backend down, once, if the pool made it."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        if self.owned:
+            self.inner.shutdown(wait=wait)
+
+
+class Notifier:
+    """One thread that runs the callbacks and then marks results ready, in order.
+
+    As in the standard library, callbacks run in a single thread of the pool: never on a
+    worker, never on the web job's event loop.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[AsyncResult[Any], Any, BaseException | None] | None]
+        self.queue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def post(self, result: AsyncResult[Any], value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=_notify_loop, args=(self.queue,), name="just_distribute-pool-results",
+                    daemon=True,
+                )
+                self.thread.start()
+        self.queue.put((result, value, error))
+
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self.thread = self.thread, None
+        if thread is not None:
+            self.queue.put(None)
+            if thread is not threading.current_thread():
+                thread.join(timeout=JOIN_TIMEOUT)
+
+
+def _notify_loop(
+    q: queue.SimpleQueue[tuple[AsyncResult[Any], Any, BaseException | None] | None],
+) -> None:
+    while (item := q.get()) is not None:
+        item[0]._deliver(item[1], item[2])
+
+
+class AsyncResult(Generic[T]):
+    """The result of an ``*_async`` call, as ``multiprocessing.pool.AsyncResult``."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._pool: Pool | None = pool  # keeps the pool alive until the result is ready
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def ready(self) -> bool:
+        """Whether the call has finished."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call finished without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready, or ``timeout`` seconds have passed."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        """The result, once ready; the call's exception is raised here.
+
+        Raises:
+            multiprocessing.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise multiprocessing.TimeoutError(
+                f"the result was not ready within timeout={timeout}s"
+            )
+        if self._error is not None:
+            raise self._error
+        value: T = self._value
+        return value
+
+    def _deliver(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error = value, error
+        try:
+            if error is None and self._callback is not None:
+                self._callback(value)
+            elif error is not None and self._error_callback is not None:
+                self._error_callback(error)
+        except Exception:
+            log.exception("a Pool callback raised; the result is still delivered")
+        finally:
+            self._event.set()
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool._release()
+
+
+class Stream:
+    """The hand-off between an ``imap`` driver thread and its consumer: a bounded buffer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cond = threading.Condition()
+        self.parts: collections.deque[list[Any]] = collections.deque()
+        self.finished = False
+        self.stopped = False
+        self.unbounded = False
+        self.error: BaseException | None = None
+
+    def put(self, part: list[Any]) -> bool:
+        """Hand a chunk's results over; False if the consumer has gone."""
+        with self.cond:
+            self.cond.wait_for(
+                lambda: self.stopped or self.unbounded or len(self.parts) < self.limit
+            )
+            if self.stopped:
+                return False
+            self.parts.append(part)
+            self.cond.notify_all()
+            return True
+
+    def finish(self, error: BaseException | None) -> None:
+        with self.cond:
+            self.finished, self.error = True, error
+            self.cond.notify_all()
+
+    def get(self, timeout: float | None) -> list[Any]:
+        """The next chunk's results; raises the run's error, or StopIteration at the end."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.parts or self.finished, timeout):
+                raise multiprocessing.TimeoutError(
+                    f"no result was ready within timeout={timeout}s"
+                )
+            if self.parts:
+                part = self.parts.popleft()
+                self.cond.notify_all()
+                return part
+            error, self.error = self.error, None
+        if error is not None:
+            raise error
+        raise StopIteration
+
+    def set(self, **flags: bool) -> None:
+        with self.cond:
+            for key, value in flags.items():
+                setattr(self, key, value)
+            self.cond.notify_all()
+
+
+def produce(stream: Stream, run: Iterator[list[Any]], done: Callable[[], None]) -> None:
+    """Drive one ``imap`` run in its own thread, so that ``next(timeout)`` can time out."""
+    error: BaseException | None = None
+    try:
+        try:
+            for part in run:
+                if not stream.put(part):
+                    break
+        finally:
+            close = getattr(run, "close", None)
+            if close is not None:
+                close()  # the engine cancels what is still queued
+    except BaseException as exc:
+        error = exc
+    finally:
+        stream.finish(error)
+        done()
+
+
+class IMapIterator(Iterator[T]):
+    """The iterator of ``imap``/``imap_unordered``; ``next(timeout)`` as in the stdlib."""
+
+    def __init__(self, stream: Stream, pool: Pool) -> None:
+        self._stream = stream
+        self._pool: Pool | None = pool
+        self._values: collections.deque[Any] = collections.deque()
+        # A consumer that walks away lets the driver stop instead of waiting forever.
+        weakref.finalize(self, stream.set, stopped=True)
+
+    def __iter__(self) -> IMapIterator[T]:
+        return self
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next result, waiting at most ``timeout`` seconds for it.
+
+        Raises:
+            multiprocessing.TimeoutError: none ready within ``timeout`` seconds.
+            StopIteration: no more results.
+        """
+        while not self._values:
+            try:
+                self._values.extend(self._stream.get(timeout))
+            except multiprocessing.TimeoutError:
+                raise
+            except BaseException:
+                self._pool = None
+                raise
+        value: T = self._values.popleft()
+        return value
+
+    __next__ = next

@@ -173,6 +173,7 @@ class OwnedExecutor(Executor):
             self._shut = True
         if self.owned:
             self.inner.shutdown(wait=wait)
+            log.info("job %r: stopped a pool of %s workers", self.name, self.workers)
 
 
 class Notifier:

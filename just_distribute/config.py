@@ -155,6 +155,11 @@ def check_options(o: Options) -> Options:
         raise TypeError(f"retry_on must be a tuple of exception types, got {o.retry_on!r}")
     if not isinstance(o.initargs, tuple):
         raise TypeError(f"initargs must be a tuple, got {type(o.initargs).__name__}")
+    if not isinstance(o.progress, bool) and not callable(o.progress):
+        raise TypeError(
+            f"progress must be True (a progress bar), False, or a callable fn(done, total); "
+            f"got {o.progress!r}"
+        )
     return o
 
 

@@ -187,13 +187,14 @@ class Distributed(Generic[P, R]):
     def _chunks(
         self, plan: Plan, options: Options, ex: Executor, ordered: bool, report: RunReport | None
     ) -> Iterator[list[Any]]:
-        unit = "elem" if plan.batch_columns else "call"
-        progress = make_progress(options.progress, plan.total_units, self._info.name, unit)
         checkpoint = None
         if options.checkpoint is not None:
             from .checkpoint import open_checkpoint
 
             checkpoint = open_checkpoint(options.checkpoint, self.__wrapped__, plan)
+        # The bar last: nothing may fail between its creation and the engine that closes it.
+        unit = "element" if plan.batch_columns else "call"
+        progress = make_progress(options.progress, plan.total_units, self._info.name, unit)
         return execute(
             plan, options, ex, ordered=ordered, report=report, progress=progress,
             checkpoint=checkpoint,

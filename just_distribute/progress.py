@@ -1,28 +1,68 @@
-"""Progress displays for ``progress=``: a tqdm bar, or the user's own callable."""
+"""Progress displays for ``progress=``: a tqdm bar, or the user's own callable.
+
+The engine calls ``update(n)`` as chunks finish (``n`` calls, or batch elements) and
+``close()`` exactly once when the run ends, whether it finished, failed or was abandoned.
+Both run in the thread that consumes the results (the caller's).
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["make_progress"]
+__all__ = ["ProgressBar", "ProgressCallback", "ProgressOption", "make_progress"]
+
+#: What ``progress=`` accepts: ``True`` for a bar, a callable ``fn(done, total)``, or off.
+ProgressOption = bool | Callable[[int, int | None], None]
 
 
-class _Bar:
-    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+class ProgressBar:
+    """A ``tqdm.auto`` bar (a widget in notebooks, text on a terminal).
+
+    Args:
+        total: the units to expect, or ``None`` for a stream of unknown length (the bar
+            then counts without a percentage).
+        desc: the label in front of the bar (the function's name).
+        unit: what is counted: ``"call"``, or ``"element"`` for batch calls.
+        file: where the text bar goes (default: standard error, as tqdm does).
+    """
+
+    def __init__(
+        self, total: int | None, desc: str, unit: str, file: IO[str] | None = None
+    ) -> None:
         from tqdm.auto import tqdm  # imported lazily: the import costs ~50 ms
 
-        self._bar: Any = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        self._bar: Any = tqdm(
+            total=total, desc=desc, unit=unit, dynamic_ncols=True, file=file
+        )
+        self._closed = False
+
+    @property
+    def n(self) -> int:
+        """The units counted so far."""
+        return int(self._bar.n)
 
     def update(self, n: int) -> None:
-        self._bar.update(n)
+        """Count ``n`` more units as done."""
+        if n:
+            self._bar.update(n)
 
     def close(self) -> None:
-        self._bar.close()
+        """Draw the final state and release the bar (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._bar.close()
 
 
-class _Callback:
+class ProgressCallback:
+    """Calls ``fn(done, total)`` after every finished chunk.
+
+    ``done`` is the running count of calls (or batch elements); ``total`` is the expected
+    count, or ``None`` when the input's length is unknown. An exception raised by ``fn``
+    stops the run and reaches the caller, like any error of the caller's own code.
+    """
+
     def __init__(self, fn: Callable[[int, int | None], None], total: int | None) -> None:
         self._fn = fn
         self._total = total
@@ -30,25 +70,39 @@ class _Callback:
         self._lock = threading.Lock()
 
     def update(self, n: int) -> None:
+        """Count ``n`` more units and report the new total to ``fn``."""
+        if not n:
+            return
         with self._lock:
             self._done += n
             done = self._done
         self._fn(done, self._total)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the callback has seen every update."""
 
 
 def make_progress(
-    option: bool | Callable[[int, int | None], None], total: int | None, desc: str, unit: str
-) -> _Bar | _Callback | None:
+    option: ProgressOption, total: int | None, desc: str, unit: str
+) -> ProgressBar | ProgressCallback | None:
     """Build the display that ``progress=option`` asks for, or ``None`` for none.
 
-    A callable is called as ``fn(done, total)`` after every finished chunk (``total`` is
-    ``None`` when the input's length is unknown).
+    Args:
+        option: ``True`` for a tqdm bar, a callable ``fn(done, total)``, ``False`` for none.
+        total: the units to expect, ``None`` if unknown.
+        desc: the bar's label.
+        unit: the unit counted (``"call"`` or ``"element"``).
+
+    Raises:
+        TypeError: ``option`` is neither a bool nor a callable.
     """
     if option is True:
-        return _Bar(total, desc, unit)
+        return ProgressBar(total, desc, unit)
+    if option is False or option is None:
+        return None
     if callable(option):
-        return _Callback(option, total)
-    return None
+        return ProgressCallback(option, total)
+    raise TypeError(
+        f"progress= takes True (a progress bar), False, or a callable fn(done, total); "
+        f"got {option!r}"
+    )

@@ -1,9 +1,16 @@
-"""The run report: how long a run took and how its calls were spread over the workers."""
+"""The run report: how long a run took and how its calls were spread over the workers.
+
+``results, report = f.report(data)`` gives each call its own :class:`RunReport`, so the
+same function can run in several threads at once. The engine records every chunk that
+comes back (``record``) and closes the report when the run ends (``finish``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["RunReport", "WorkerStats"]
 
@@ -33,7 +40,8 @@ class RunReport:
         function: the function's name.
         job: the job it ran on.
         workers: the number of workers available.
-        calls: the calls run (retries count again).
+        calls: the calls run, summed over the workers (a retried call counts once per
+            attempt; calls restored from a checkpoint are not run and do not count).
         wall: the run's wall time in seconds.
         per_worker: per worker name, its :class:`WorkerStats`.
     """
@@ -67,8 +75,34 @@ class RunReport:
         """Calls per second over the run's wall time."""
         return self.calls / self.wall if self.wall > 0 else 0.0
 
+    @property
+    def busy(self) -> float:
+        """Seconds the workers spent running calls, summed over the workers."""
+        with self._lock:
+            return sum(s.busy for s in self.per_worker.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (for JSON, logs or a data frame)."""
+        with self._lock:
+            return {
+                "function": self.function,
+                "job": self.job,
+                "workers": self.workers,
+                "calls": self.calls,
+                "wall": self.wall,
+                "throughput": self.throughput,
+                "per_worker": {
+                    name: dataclasses.asdict(stats)
+                    for name, stats in sorted(self.per_worker.items())
+                },
+            }
+
     def table(self) -> str:
-        """The report as a plain-text table."""
+        """The report as a plain-text table, one row per worker.
+
+        *busy s* is the time the worker spent in calls; *share* its fraction of the calls;
+        *util* its busy time over the run's wall time.
+        """
         lines = [
             f"{self.function} on job={self.job!r} with {self.workers} workers: "
             f"{self.calls} calls in {self.wall:.3f} s ({self.throughput:,.1f} calls/s)",

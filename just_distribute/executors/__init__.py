@@ -11,6 +11,7 @@ import atexit
 import concurrent.futures as cf
 import contextlib
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 Factory = Callable[[Options], Executor]
+
+log = logging.getLogger("just_distribute")
 
 _lock = threading.Lock()
 _factories: dict[str, Factory | str] = {}
@@ -117,7 +120,9 @@ def create_executor(options: Options) -> Executor:
     """A new executor for ``options.job`` (not cached: the caller owns and shuts it down)."""
     name = canonical_job(options.job)
     workers = options.workers or default_workers(name)
-    return _factory(name)(options.replace(job=name, workers=workers))
+    made = _factory(name)(options.replace(job=name, workers=workers))
+    log.info("job %r: started a pool of %s workers", name, made.workers)
+    return made
 
 
 def get_executor(options: Options) -> Executor:
@@ -151,7 +156,10 @@ def get_executor(options: Options) -> Executor:
         return existing
     made = _factory(name)(options.replace(job=name, workers=workers))
     with _lock:
-        return _cache.setdefault(key, made)
+        kept = _cache.setdefault(key, made)
+    if kept is made:
+        log.info("job %r: started a shared pool of %s workers", name, made.workers)
+    return kept
 
 
 def shutdown_all() -> None:
@@ -162,6 +170,7 @@ def shutdown_all() -> None:
     for ex in executors:
         with contextlib.suppress(Exception):  # best effort at exit
             ex.shutdown(wait=True)
+            log.info("job %r: stopped the shared pool of %s workers", ex.name, ex.workers)
 
 
 atexit.register(shutdown_all)

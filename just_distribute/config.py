@@ -73,6 +73,7 @@ def _env_settings() -> dict[str, Any]:
         "RETRIES": int,
         "ON_ERROR": str,
         "CONNECT_TIMEOUT": float,
+        "TLS": str,
         "CHECKPOINT": str,
         "PROGRESS": lambda s: s.strip().lower() in {"1", "true", "yes", "on"},
     }

@@ -216,3 +216,15 @@ register_executor(
     "cluster", "just_distribute.executors.cluster:create", aliases=("dask", "distributed"),
     default_workers=lambda: None,
 )
+
+
+def _adapt_dask_client(job: Any, options: Options) -> Executor | None:
+    # Checked by module name so that dask is imported only for a dask object.
+    if type(job).__module__.partition(".")[0] != "distributed":
+        return None
+    from .cluster import adapt_client
+
+    return adapt_client(job, options)
+
+
+object_adapters.append(_adapt_dask_client)

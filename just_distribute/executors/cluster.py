@@ -1,0 +1,404 @@
+"""``job="cluster"``: chunks of calls as tasks on a dask.distributed cluster.
+
+Where: ``address=`` (or ``JUST_DISTRIBUTE_ADDRESS``); else an embedded local cluster — the
+function service of :mod:`just_distribute.service` started as a child process on 127.0.0.1
+with one single-threaded worker process per worker, on first use, reused by every later
+call and stopped at interpreter exit. Running it as a separate process rather than a
+``LocalCluster`` inside the caller means a script needs no ``if __name__ == "__main__"``
+guard (dask's spawned workers would re-run it otherwise), and nothing of it outlives the
+caller: it stops itself when the caller is gone.
+
+How: one dask task per engine chunk. The function and its keyword constants travel as
+bytes (the standard pickle, dill for lambdas, closures and ``__main__`` functions), not
+through dask's own pickling. Bytes above ``SCATTER_BYTES`` are scattered to the cluster
+once per run and every chunk refers to them, so a large constant crosses the network
+once. Each task gets a unique key (never dask's hash of the arguments): two identical
+calls both run.
+
+Nesting: a call made from inside a cluster task (a distributed function calling another
+one) runs serially in that task. A dask worker runs one task per thread; waiting on the
+cluster from inside it could deadlock a cluster whose every worker is waiting.
+
+Timeouts: dask does not say when a queued task starts, so the ``timeout=`` clock of a
+chunk starts when it is handed to the scheduler; and a running dask task cannot be
+stopped, so a timed-out call is abandoned (its result ignored) rather than killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections import OrderedDict
+from concurrent.futures import InvalidStateError
+from typing import Any
+
+from .. import _tls, _wire
+from .._chunk import ChunkResult, current_job, run_chunk
+from ..config import Options, usable_cpus
+from ..errors import (
+    ClusterUnreachableError,
+    JustDistributeError,
+    MissingExtraError,
+    ReceiveError,
+    SendError,
+    WorkerLostError,
+)
+from .base import ChunkFuture, Executor, Payload, Task
+
+__all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create"]
+
+log = logging.getLogger("just_distribute")
+
+#: Payloads (function + keyword constants) larger than this are scattered once per run.
+SCATTER_BYTES = 256 * 1024
+_WORKER_CACHE_SIZE = 8
+_worker_cache: OrderedDict[str, Any] = OrderedDict()
+_worker_lock = threading.Lock()
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise MissingExtraError("job='cluster'", "cluster", "distributed") from None
+    return distributed
+
+
+# -- the worker side ----------------------------------------------------------------------
+def _load_function(key: str, payload: bytes) -> Any:
+    with _worker_lock:
+        fn = _worker_cache.get(key)
+        if fn is not None:
+            _worker_cache.move_to_end(key)
+            return fn
+    fn = _wire.loads(payload)
+    with _worker_lock:
+        _worker_cache[key] = fn
+        while len(_worker_cache) > _WORKER_CACHE_SIZE:
+            _worker_cache.popitem(last=False)
+    return fn
+
+
+def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) -> bytes:
+    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome."""
+    from distributed import get_worker
+
+    from ._worker import _portable_result
+
+    try:
+        fn = _load_function(key, payload)
+        columns = _wire.loads(data)
+    except Exception:
+        tb = traceback.format_exc()
+        return _wire.dumps(("unloadable", None, tb))
+    try:
+        name = str(get_worker().name)
+    except ValueError:
+        name = "dask"
+    return _portable_result(run_chunk(fn, columns, stop_on_error, name, "cluster", True))
+
+
+# -- the caller side ----------------------------------------------------------------------
+class _DaskChunkFuture(ChunkFuture):
+    def __init__(self, dask_future: Any) -> None:
+        super().__init__()
+        self.dask_future = dask_future
+
+
+def _set(fut: ChunkFuture, result: ChunkResult | None, exc: BaseException | None) -> None:
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:  # abandoned or cancelled meanwhile
+        pass
+
+
+def _key_prefix(name: str) -> str:
+    # The dashboard and the metrics group tasks by the key's leading words.
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "call"
+    return f"{cleaned}-chunk"
+
+
+class ClusterExecutor(Executor):
+    """Runs chunks as tasks on a dask cluster (see the module docstring for the details).
+
+    Args:
+        workers: worker processes of the embedded cluster (default: usable CPUs); ignored
+            when an address or a client is given (the cluster has its own size).
+        address: the scheduler address; None starts the embedded cluster.
+        tls: TLS settings for ``address`` (see :mod:`just_distribute._tls`).
+        connect_timeout: seconds to wait for the scheduler to answer.
+        client: a dask ``Client`` to use as it is (not closed here).
+    """
+
+    name = "cluster"
+    remote = True
+    # Each chunk costs a scheduler round trip (~1-2 ms, more on a loaded machine): few
+    # chunks, and enough work in each to make that negligible.
+    chunks_per_worker = 3
+    in_flight_per_worker = 2
+    target_chunk_seconds = 0.25
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        tls: Any = None,
+        connect_timeout: float = 10.0,
+        client: Any = None,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._requested = workers
+        self._address = address
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._user_client = weakref.ref(client) if client is not None else None
+        self._client: Any = None
+        self._service: Any = None
+        self._scattered: dict[str, Any] = {}
+        self._threads: tuple[float, int] | None = None
+        self._closed = False
+        super().__init__(0)
+
+    # -- connection ----------------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        """The cluster's total thread count (each worker thread runs one chunk at a time)."""
+        now = time.monotonic()
+        cached = self._threads
+        if cached is not None and (self._closed or now - cached[0] < 1.0):
+            return cached[1]
+        if self._closed:
+            return 0
+        client = self.client()
+        threads = sum(client.nthreads().values())
+        if threads == 0:  # a service that is still starting its workers
+            try:
+                client.wait_for_workers(1, timeout=self._connect_timeout)
+            except (TimeoutError, OSError):
+                raise ClusterUnreachableError(
+                    f"the dask scheduler at {client.scheduler.address} has no workers "
+                    f"(waited {self._connect_timeout}s); start some with "
+                    f"`just-distribute worker {client.scheduler.address} --workers N`"
+                ) from None
+            threads = sum(client.nthreads().values())
+        self._threads = (now, max(1, threads))
+        return self._threads[1]
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        # The base class stores a count at construction; the cluster's own count rules.
+        pass
+
+    def client(self) -> Any:
+        """The dask ``Client``, connecting (or starting the embedded cluster) on first use.
+
+        Raises:
+            ClusterUnreachableError: no scheduler answered at the address in time.
+            MissingExtraError: dask.distributed is not installed.
+        """
+        if self._user_client is not None:
+            user = self._user_client()
+            if user is None:
+                raise JustDistributeError("the dask Client passed as job= no longer exists")
+            return user
+        with self._lock:
+            if self._closed:
+                raise JustDistributeError("this cluster executor was shut down")
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> Any:
+        distributed = _import_distributed()
+        if self._address is None:
+            from ..service import start_service
+
+            count = self._requested or usable_cpus()
+            self._service = start_service(count)
+            log.info(
+                "embedded dask cluster: %d workers at %s, dashboard %s",
+                count, self._service.address, self._service.dashboard_url or "off",
+            )
+            address, security = self._service.address, None
+        else:
+            address = self._address
+            security = _tls.security(self._tls)
+            if security is not None and "://" not in address:
+                address = "tls://" + address
+        try:
+            return distributed.Client(
+                address, timeout=self._connect_timeout, security=security,
+                set_as_default=False,
+            )
+        except (OSError, TimeoutError) as exc:
+            hint = (
+                " The scheduler serves TLS: pass tls= (the directory from `just-distribute "
+                "cluster --tls`) or set JUST_DISTRIBUTE_TLS."
+                if address.startswith("tls://") or "ssl" in str(exc).lower()
+                else " Is it running? Start one with `just-distribute cluster`, or fix address= "
+                "(or JUST_DISTRIBUTE_ADDRESS)."
+            )
+            raise ClusterUnreachableError(
+                f"no dask scheduler answered at {address} within {self._connect_timeout}s "
+                f"(connect_timeout=): {type(exc).__name__}: {exc}.{hint}"
+            ) from exc
+
+    # -- running chunks ------------------------------------------------------------------
+    def _payload_arg(self, client: Any, payload: Payload) -> Any:
+        data = payload.serialized()
+        if len(data) < SCATTER_BYTES:
+            return data
+        with self._lock:
+            scattered = self._scattered.get(payload.key)
+            if scattered is None:
+                # Through the scheduler (direct=False): the caller may not reach the
+                # workers directly; the bytes then live on one worker and travel
+                # worker-to-worker when others need them.
+                scattered = client.scatter([data], direct=False, hash=False)[0]
+                self._scattered[payload.key] = scattered
+                weakref.finalize(payload, self._scattered.pop, payload.key, None)
+            return scattered
+
+    def submit(self, task: Task) -> ChunkFuture:
+        """Send the chunk to the cluster as one dask task; return its future.
+
+        Raises:
+            SendError: the function or the arguments cannot be serialised.
+            ClusterUnreachableError: the first connection failed.
+        """
+        try:
+            data = _wire.dumps(list(task.columns))
+        except Exception as exc:
+            raise SendError(
+                f"cannot send the arguments of {task.payload.name}() to the cluster: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        client = self.client()
+        payload = self._payload_arg(client, task.payload)
+        key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"
+        dask_future = client.submit(
+            run_on_worker, payload, task.payload.key, data, task.stop_on_error,
+            key=key, pure=False,
+        )
+        fut = _DaskChunkFuture(dask_future)
+        fut.mark_started()
+        name = task.payload.name
+        dask_future.add_done_callback(lambda done: self._settle(fut, done, name))
+        return fut
+
+    @staticmethod
+    def _settle(fut: ChunkFuture, done: Any, name: str) -> None:
+        status = done.status
+        if status == "finished":
+            try:
+                outcome = _wire.loads(done.result())
+            except Exception as exc:
+                _set(fut, None, ReceiveError(
+                    f"the outcome of a chunk of {name}() could not be rebuilt here: "
+                    f"{type(exc).__name__}: {exc}"
+                ))
+                return
+            tag, value, message = outcome if len(outcome) == 3 else (*outcome, None)
+            if tag == "ok":
+                _set(fut, value, None)
+            elif tag == "unsendable":
+                _set(fut, None, ReceiveError(message))
+            else:
+                _set(fut, None, SendError(
+                    f"the dask worker could not rebuild {name}() or its arguments (are their "
+                    f"modules installed on the workers?):\n{message}"
+                ))
+            return
+        if status == "error":
+            error = done.exception()
+            if type(error).__name__ == "KilledWorker":
+                lost = WorkerLostError(
+                    f"dask workers died while running a chunk of {name}() (dask retried it on "
+                    f"other workers and gave up: {error}). A call may be crashing its worker "
+                    f"(out of memory? native code?); see the workers' logs."
+                )
+                _set(fut, None, lost)
+            else:
+                _set(fut, None, error)
+            return
+        _set(fut, None, JustDistributeError(
+            f"the cluster dropped a chunk of {name}() (status {status!r}): the client was "
+            f"closed or the cluster restarted"
+        ))
+
+    def abandon(self, future: ChunkFuture) -> None:
+        """Cancel the chunk's dask task (a task already running finishes unobserved)."""
+        if isinstance(future, _DaskChunkFuture):
+            future.dask_future.cancel()
+        future.cancel()
+
+    def check_nesting(self) -> bool:
+        """True inside a cluster task or any dask worker: nested calls run serially there."""
+        if current_job.get() == self.name:
+            return True
+        if "distributed" in sys.modules:
+            from distributed import get_worker
+
+            try:
+                get_worker()
+            except ValueError:
+                return False
+            return True
+        return False
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Close the client this executor opened and stop the embedded cluster."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+            service, self._service = self._service, None
+            self._scattered.clear()
+        if client is not None:
+            try:
+                client.close(timeout=10)
+            except Exception as exc:  # best effort: the cluster may be gone already
+                log.debug("closing the dask client: %s", exc)
+        if service is not None:
+            service.stop()
+
+
+def create(options: Options) -> Executor:
+    """The registry's factory for ``job="cluster"``.
+
+    Raises:
+        MissingExtraError: dask.distributed is not installed.
+    """
+    _import_distributed()
+    return ClusterExecutor(
+        options.workers, address=options.address, tls=options.tls,
+        connect_timeout=options.connect_timeout,
+    )
+
+
+_adapted: weakref.WeakKeyDictionary[Any, ClusterExecutor] = weakref.WeakKeyDictionary()
+_adapted_lock = threading.Lock()
+
+
+def adapt_client(job: Any, options: Options) -> Executor | None:
+    """A :class:`ClusterExecutor` over a dask ``Client`` passed as ``job=`` (else None)."""
+    from distributed import Client
+
+    if not isinstance(job, Client):
+        return None
+    with _adapted_lock:
+        made = _adapted.get(job)
+        if made is None:
+            made = ClusterExecutor(client=job, connect_timeout=options.connect_timeout)
+            _adapted[job] = made
+        return made
+

@@ -1,6 +1,9 @@
 """A compute job with ``checkpoint=``; each call appends its index to a log file.
 
 Usage: python checkpoint_run.py CHECKPOINT_DIR LOG_FILE N SECONDS_PER_CALL
+
+The log file is named by the environment (inherited by the workers), not by a keyword
+constant: a changed constant would rightly make the checkpoint miss.
 Prints the JSON result list when the run completes.
 """
 
@@ -15,9 +18,9 @@ from just_distribute import distribute
 
 
 @distribute(job="compute", workers=2)
-def square(x: int, *, log: str, pause: float) -> int:
+def square(x: int, *, pause: float) -> int:
     time.sleep(pause)
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    fd = os.open(os.environ["CHECKPOINT_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, f"{x}\n".encode())
     finally:
@@ -27,5 +30,6 @@ def square(x: int, *, log: str, pause: float) -> int:
 
 if __name__ == "__main__":
     directory, log, n, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    results = square.with_options(checkpoint=directory)(range(n), log=log, pause=pause)
+    os.environ["CHECKPOINT_LOG"] = log
+    results = square.with_options(checkpoint=directory)(range(n), pause=pause)
     print(json.dumps(results))

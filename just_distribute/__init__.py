@@ -23,6 +23,7 @@ from .errors import (
 from .executors import Executor, register_executor
 from .pool import Pool
 from .report import RunReport, WorkerStats
+from .tasks import LazyCall, LazyFunction, compute_this
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "Distributed",
     "Executor",
     "JustDistributeError",
+    "LazyCall",
+    "LazyFunction",
     "MissingExtraError",
     "Options",
     "Pool",
@@ -44,6 +47,7 @@ __all__ = [
     "WorkerLostError",
     "WorkerStats",
     "__version__",
+    "compute_this",
     "config",
     "distribute",
     "register_executor",

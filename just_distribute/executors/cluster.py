@@ -27,6 +27,7 @@ stopped, so a timed-out call is abandoned (its result ignored) rather than kille
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import sys
 import threading
@@ -165,6 +166,11 @@ class ClusterExecutor(Executor):
         self._client: Any = None
         self._service: Any = None
         self._scattered: dict[str, Any] = {}
+        self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
+        self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str] | None] = (
+            queue.SimpleQueue()
+        )
+        self._settler: threading.Thread | None = None
         self._threads: tuple[float, int] | None = None
         self._closed = False
         super().__init__(0)
@@ -293,11 +299,37 @@ class ClusterExecutor(Executor):
         fut = _DaskChunkFuture(dask_future)
         fut.mark_started()
         name = task.payload.name
-        dask_future.add_done_callback(lambda done: self._settle(fut, done, name))
+        self._pending[id(dask_future)] = dask_future
+        self._watch(client, dask_future, fut, name)
         return fut
 
-    @staticmethod
-    def _settle(fut: ChunkFuture, done: Any, name: str) -> None:
+    def _watch(self, client: Any, dask_future: Any, fut: ChunkFuture, name: str) -> None:
+        # Not dask's add_done_callback: its callback thread pool refuses work once the
+        # interpreter starts exiting, before our atexit shutdown runs. The client's loop
+        # notices completion; our own thread fetches and rebuilds the outcome.
+        from distributed.client import done_callback
+
+        with self._lock:
+            if self._settler is None:
+                self._settler = threading.Thread(
+                    target=self._settle_loop, name="just_distribute-cluster", daemon=True
+                )
+                self._settler.start()
+        outcomes = self._outcomes
+        client.loop.add_callback(
+            done_callback, dask_future, lambda done: outcomes.put((fut, done, name))
+        )
+
+    def _settle_loop(self) -> None:
+        while (item := self._outcomes.get()) is not None:
+            fut, done, name = item
+            try:
+                self._settle(fut, done, name)
+            except BaseException as exc:  # the settler must survive, the chunk must end
+                _set(fut, None, exc)
+
+    def _settle(self, fut: ChunkFuture, done: Any, name: str) -> None:
+        self._pending.pop(id(done), None)
         status = done.status
         if status == "finished":
             try:
@@ -363,8 +395,16 @@ class ClusterExecutor(Executor):
             client, self._client = self._client, None
             service, self._service = self._service, None
             self._scattered.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
+            if self._settler is not None:
+                self._outcomes.put(None)
+                self._settler = None
         if client is not None:
             try:
+                # Abandoned tasks still running would call back into a closed client.
+                if pending:
+                    client.cancel(pending)
                 client.close(timeout=10)
             except Exception as exc:  # best effort: the cluster may be gone already
                 log.debug("closing the dask client: %s", exc)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,3 +173,54 @@ def test_where_calls_run(job: str) -> None:
         assert names == {threading.current_thread().name}
     else:
         assert threading.current_thread().name not in names
+
+
+def touch_pair(x: int, y: int, *, marker: str) -> int:
+    Path(marker, f"{x}-{y}").touch()
+    return x + y
+
+
+def touch_batch(numbers: list[int], power: int, *, marker: str) -> int:
+    Path(marker, str(power)).touch()
+    return power
+
+
+bad_calls = st.one_of(
+    st.tuples(st.just("scalar"), st.integers(0, 5), st.integers(0, 5)),
+    st.tuples(st.just("lengths"), st.integers(0, 30), st.integers(0, 30)).filter(
+        lambda t: t[1] != t[2]
+    ),
+    st.tuples(st.just("divide"), st.integers(1, 30), st.integers(1, 9)).filter(
+        lambda t: t[1] % t[2] != 0
+    ),
+    st.tuples(st.just("unbound"), st.integers(0, 5), st.integers(0, 5)),
+)
+
+
+@pytest.mark.parametrize("job", JOBS)
+@settings(max_examples=12, deadline=None)
+@given(case=bad_calls, workers=workers_st)
+def test_bad_input_raises_before_any_dispatch(
+    job: str, case: tuple[str, int, int], workers: int
+) -> None:
+    kind, a, b = case
+    pair = distribute(job=job, workers=workers)(touch_pair)
+    batch = distribute(job=job, workers=workers)(touch_batch)
+    with tempfile.TemporaryDirectory() as marker:
+        error: type[Exception]
+        if kind == "scalar":
+            call: Callable[[], Any] = lambda: pair(a, range(b), marker=marker)  # noqa: E731
+            error, words = TypeError, "'x'"
+        elif kind == "lengths":
+            call = lambda: pair(range(a), range(b), marker=marker)  # noqa: E731
+            error, words = ValueError, f"'x' with {a}, 'y' with {b}"
+        elif kind == "divide":
+            call = lambda: batch(list(range(a)), range(b), marker=marker)  # noqa: E731
+            error, words = ValueError, f"multiple of {b}"
+        else:
+            call = lambda: pair(range(a), range(a), range(b), marker=marker)  # noqa: E731
+            error, words = TypeError, "touch_pair"
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value)
+        assert os.listdir(marker) == []

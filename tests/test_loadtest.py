@@ -1,0 +1,179 @@
+"""The load test: a real, small run against the real function service."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from just_distribute import loadtest
+from just_distribute.service import start_service
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class Run:
+    """The outcome of one load test command: exit code, output, its directory."""
+
+    def __init__(self, code: int, out: str, err: str, directory: Path) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+        self.dir = directory
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    loadtest.configure(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """``just-distribute loadtest --workers 1,2 --tasks 20 --duration 0.01``, run once."""
+    directory = tmp_path_factory.mktemp("loadtest") / "out"
+    args = parse(
+        ["--workers", "1,2", "--tasks", "20", "--duration", "0.01", "--out", str(directory)]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = loadtest.main(args)
+    return Run(code, out.getvalue(), err.getvalue(), directory)
+
+
+def rows_of(run: Run) -> list[dict[str, str]]:
+    with (run.dir / "results.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.timeout(100)
+def test_every_file_is_written(small_run: Run) -> None:
+    assert small_run.code == 0, small_run.err
+    for name in loadtest.OUTPUTS:
+        assert (small_run.dir / name).stat().st_size > 0, name
+
+
+def test_the_csv_has_one_row_per_task_and_every_task_names_a_worker(small_run: Run) -> None:
+    rows = rows_of(small_run)
+    assert len(rows) == 40  # two worker counts x 20 tasks
+    by_run: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_run.setdefault(row["run"], []).append(row)
+    assert sorted(by_run) == ["0", "1"]
+    for run_rows in by_run.values():
+        workers = int(run_rows[0]["workers"])
+        assert sorted(int(r["task"]) for r in run_rows) == list(range(20))
+        names = {r["worker"] for r in run_rows}
+        assert all(re.fullmatch(r"tcp://127\.0\.0\.1:\d+", n) for n in names)
+        assert 1 <= len(names) <= workers
+        for r in run_rows:
+            submitted, started, ended, received = (
+                float(r[k]) for k in ("submitted", "started", "ended", "received")
+            )
+            assert started <= ended <= received
+            assert ended - started >= 0.01 * 0.9  # each task slept its duration
+            assert submitted <= received
+    assert {int(rs[0]["workers"]) for rs in by_run.values()} == {1, 2}
+
+
+def test_the_plots_are_real_images(small_run: Run) -> None:
+    from matplotlib import image
+
+    for name in ("throughput.png", "timeline.png", "allocation.png"):
+        path = small_run.dir / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        pixels = image.imread(str(path))
+        height, width = pixels.shape[:2]
+        assert height >= 200 and width >= 300, (name, pixels.shape)
+        assert pixels.std() > 0.01, name  # something is drawn, not a blank canvas
+
+
+def test_the_report_numbers_match_the_csv(small_run: Run) -> None:
+    rows = rows_of(small_run)
+    report = (small_run.dir / "report.md").read_text()
+    table = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in report.splitlines()
+        if re.match(r"\|\s*\d", line)
+    ]
+    assert len(table) == 2
+    for cells in table:
+        workers, tasks, wall, tput, ideal, _eff, _scaling, used, spread = cells[:9]
+        mine = [r for r in rows if r["workers"] == workers]
+        assert int(tasks) == len(mine) == 20
+        first = min(float(r["submitted"]) for r in mine)
+        last = max(float(r["received"]) for r in mine)
+        assert wall == f"{last - first:.3f}"
+        assert tput == f"{20 / (last - first):.1f}"
+        assert ideal == f"{int(workers) / 0.01:.1f}"
+        per = Counter(r["worker"] for r in mine)
+        assert int(used) == len(per)
+        low = min(per.values()) if len(per) >= int(workers) else 0
+        assert spread == f"{low}-{max(per.values())}"
+    assert "## Machine" in report and "CPUs" in report
+    assert "![throughput](throughput.png)" in report
+
+
+def test_the_command_prints_addresses_table_and_progress(small_run: Run) -> None:
+    out = small_run.out
+    assert out.count("dashboard: http://") == 2  # one service per worker count
+    assert len(re.findall(r"metrics: +http://\S+/metrics", out)) == 2
+    assert "tasks/s" in out and "efficiency" in out
+    assert "20/20" in small_run.err  # the progress bar reached the end
+
+
+def test_summaries_read_back_from_the_csv(small_run: Run) -> None:
+    summaries = loadtest.summarize(loadtest.read_csv(small_run.dir / "results.csv"))
+    assert [(s.workers, s.tasks) for s in summaries] == [(1, 20), (2, 20)]
+    assert all(0 < s.efficiency <= 1.0 for s in summaries)
+    assert loadtest.format_table(summaries, markdown=True) in (
+        small_run.dir / "report.md"
+    ).read_text()
+
+
+@pytest.mark.timeout(100)
+def test_a_running_service_with_cpu_tasks(tmp_path: Path) -> None:
+    messages: list[str] = []
+    with start_service(2) as svc:
+        summaries = loadtest.run_loadtest(
+            tasks=[12], duration=0.01, kind="cpu", out=tmp_path, address=svc.address,
+            echo=messages.append,
+        )
+    assert [(s.workers, s.slots, s.tasks) for s in summaries] == [(2, 2, 12)]
+    records = loadtest.read_csv(tmp_path / "results.csv")
+    assert len(records) == 12 and {r.kind for r in records} == {"cpu"}
+    assert all(r.ended - r.started >= 0.01 * 0.9 for r in records)
+    assert any(m.startswith("service at " + svc.address) for m in messages)
+    assert any("/metrics" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--workers", "0"], "at least 1"),
+        (["--tasks", "1,x"], "comma-separated"),
+        (["--duration", "-1"], "seconds >= 0"),
+        (["--kind", "gpu"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_fix(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_defaults() -> None:
+    args: Any = parse([])
+    assert (args.workers, args.tasks, args.duration, args.kind) == (None, [50, 200, 1000], 0.05,
+                                                                    "sleep")
+    assert args.out == Path("loadtest-out") and args.address is None

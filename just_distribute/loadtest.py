@@ -223,7 +223,7 @@ def _require() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError as exc:
-        raise MissingExtraError("the load test", "cluster", "distributed") from exc
+        raise MissingExtraError("the load test", "loadtest", "distributed") from exc
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from fixtures_web import WebServer
 
-from just_distribute import distribute, web
+from just_distribute import config, distribute, web
 
 
 def _fetcher(server: WebServer, sessions: list[Any], workers: int = 100) -> Any:
@@ -118,3 +118,18 @@ def test_http_error_reaches_the_caller_and_the_next_call_works(web_server: WebSe
     assert info.value.status == 503
     assert any("call 2" in n and "code=503" in n for n in info.value.__notes__)
     assert status([200, 200]) == [200, 200]
+
+
+def test_serial_switch_inside_a_running_event_loop() -> None:
+    @distribute(job="web", workers=4)
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    async def main() -> tuple[list[int], list[int]]:
+        with config(job="serial"):
+            serial = double(range(5))  # each call on a loop of its own, beside this one
+        return serial, await double.acall(range(5))
+
+    serial, distributed = asyncio.run(main())
+    assert serial == distributed == [0, 2, 4, 6, 8]

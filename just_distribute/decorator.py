@@ -92,6 +92,15 @@ class Distributed(Generic[P, R]):
 
     Calling it splits the positional arguments into calls (see the argument roles in the
     guide), runs them on the job's workers and returns the results in input order.
+
+    Nested calls: a distributed function called inside a call of another one never
+    deadlocks. Called from a worker of its *own* job (compute in compute, io in io, web in
+    web), the inner call runs serially, in that worker, one call after another: the pool is
+    busy with the outer calls, and a compute worker starts no processes of its own (so
+    there is no "daemonic processes are not allowed to have children"). Called from a
+    worker of *another* job (io in compute, compute in io), it runs on that job's pool, made
+    where the outer call runs (a compute worker gets its own thread pool for io calls).
+    Functions defined in ``__main__`` are sent to compute workers by value, and nest the same.
     """
 
     def __init__(
@@ -329,11 +338,20 @@ def distribute(
             - ``flatten``: concatenate per-call results into one list.
             - ``chunksize``: calls sent together (default: chosen from the input).
             - ``max_in_flight``: chunks handed out before waiting (default: 2 per worker).
-            - ``timeout``: seconds one call may run.
-            - ``retries``, ``retry_on``, ``backoff``: retry failing calls.
+            - ``timeout``: seconds one call may run, else
+              :class:`~just_distribute.errors.CallTimeoutError` (a ``TimeoutError``) naming
+              the call. On compute the stuck worker process is killed and replaced; on io
+              the caller stops waiting at once but the thread runs the call to its end (a
+              thread cannot be killed); on web the coroutine is cancelled.
+            - ``retries``, ``retry_on``, ``backoff``: retry a failing call up to ``retries``
+              times if its exception is one of ``retry_on`` (default: any ``Exception``,
+              including a lost worker), waiting ``backoff * 2**(attempt - 1)`` seconds.
             - ``on_error``: ``"raise"`` (default) or ``"return"`` (exceptions as results).
             - ``progress``: ``True`` for a progress bar, or a callable ``fn(done, total)``.
-            - ``checkpoint``: a directory where finished results are recorded durably.
+            - ``checkpoint``: a directory where finished results are recorded durably, one
+              file per chunk, keyed by the function's code and constants and the chunk's
+              inputs; a rerun after a crash runs only the calls without a record (see
+              :mod:`just_distribute.checkpoint`).
             - ``initializer``, ``initargs``: run once in each worker before its first call.
             - ``connect_timeout``: seconds to wait for a cluster (default 10).
             - ``tls``: TLS settings for the cluster.

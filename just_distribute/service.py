@@ -353,7 +353,10 @@ def start_service(
     log_file = tempfile.TemporaryFile("w+")  # noqa: SIM115
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    # The caller's import path: the workers can then import whatever the caller can (its
+    # project modules, its test directory), as the compute job's workers do.
+    paths = [package_root, *filter(None, [env.get("PYTHONPATH")]), *filter(None, sys.path)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, text=True,
         env=env, start_new_session=True,

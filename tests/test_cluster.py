@@ -1,0 +1,280 @@
+"""job="cluster" against a real function service (scheduler + worker processes) and the
+embedded cluster: semantics, sending, failures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import distributed
+import psutil
+import pytest
+from fixtures_cluster import EMBEDDED_WORKERS
+
+from just_distribute import (
+    ClusterUnreachableError,
+    WorkerLostError,
+    distribute,
+)
+from just_distribute.executors.cluster import SCATTER_BYTES
+
+
+def square(x: int, *, offset: int = 0) -> int:
+    return x * x + offset
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"three is bad: {x}")
+    return x
+
+
+def record(path: str, x: int) -> int:
+    with open(path, "a") as out:
+        out.write(f"{x}\n")
+    return x
+
+
+def test_cluster_job_on_the_service(cluster_address: str) -> None:
+    f = distribute(job="cluster", address=cluster_address)(square)
+    assert f(range(40), offset=1) == [x * x + 1 for x in range(40)]
+    assert f([]) == []
+    results, report = f.report(range(10))
+    assert results == [x * x for x in range(10)]
+    assert report.workers == 2 and report.calls == 10
+    assert set(report.per_worker) <= {"worker-0", "worker-1"}
+
+
+def test_cluster_errors_name_the_call_and_carry_the_remote_traceback(
+    cluster_address: str,
+) -> None:
+    f = distribute(job="cluster", address=cluster_address)(fail_on_three)
+    with pytest.raises(ValueError, match="three is bad") as info:
+        f(range(6))
+    assert any("call 3" in note for note in info.value.__notes__)
+    assert "fail_on_three" in str(info.value.__cause__)
+    g = f.with_options(on_error="return")
+    out = g(range(5))
+    assert out[:3] == [0, 1, 2] and isinstance(out[3], ValueError) and out[4] == 4
+
+
+def test_identical_calls_both_run(cluster_address: str, tmp_path: Path) -> None:
+    log = str(tmp_path / "calls.txt")
+    f = distribute(job="cluster", address=cluster_address, chunksize=1)(record)
+    assert f([log, log], [5, 5]) == [5, 5]
+    assert f([log, log], [5, 5]) == [5, 5]  # the same chunks again: no cached result
+    assert Path(log).read_text().split() == ["5"] * 4
+
+
+def test_lambdas_and_closures(cluster_address: str) -> None:
+    base = 10
+
+    def closure(x: int) -> int:
+        return x + base
+
+    assert distribute(job="cluster", address=cluster_address)(closure)(range(5)) == [
+        10, 11, 12, 13, 14,
+    ]
+    lam = distribute(job="cluster", address=cluster_address)(lambda x: -x)
+    assert lam(range(3)) == [0, -1, -2]
+
+
+def test_function_defined_in_main(cluster_address: str, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        from just_distribute import distribute
+
+        @distribute(job="cluster")
+        def cube(x):
+            return x ** 3
+
+        print(cube(range(5)))
+    """))
+    env = {**os.environ, "JUST_DISTRIBUTE_ADDRESS": cluster_address}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1, 8, 27, 64]"
+
+
+class CountingProxy:
+    """A TCP forwarder on 127.0.0.1 that counts the bytes the client sends upstream."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.removeprefix("tcp://").rpartition(":")
+        self.target = (host, int(port))
+        self.sent = 0
+        self._lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.5)
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(conn, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, conn, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if count:
+                    with self._lock:
+                        self.sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(cluster_address: str) -> Iterator[CountingProxy]:
+    p = CountingProxy(cluster_address)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_large_constant_travels_once_and_a_client_works_as_job(proxy: CountingProxy) -> None:
+    big = os.urandom(2 * 1024 * 1024)  # incompressible: the bytes on the wire are honest
+    assert len(big) > SCATTER_BYTES
+
+    def size_plus(x: int, *, blob: bytes) -> int:
+        return x + len(blob)
+
+    client = distributed.Client(proxy.address, set_as_default=False, timeout=30)
+    try:
+        f = distribute(job=client, chunksize=1)(size_plus)
+        before = proxy.sent
+        assert f(range(12), blob=big) == [x + len(big) for x in range(12)]
+        sent = proxy.sent - before
+    finally:
+        client.close()
+    # 12 chunks; sent with each, the constant would cost 24 MB.
+    assert len(big) <= sent < 2 * len(big), f"sent {sent} bytes for a {len(big)}-byte constant"
+
+
+def test_unreachable_address_fails_fast_and_names_it() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: nothing answers
+        address = f"tcp://127.0.0.1:{port}"
+        f = distribute(job="cluster", address=address, connect_timeout=2)(square)
+        with pytest.raises(TypeError):
+            f(5)  # bad input fails before any connection is tried
+        with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}") as info:
+            f(range(3))
+    assert isinstance(info.value, ClusterUnreachableError)
+
+
+def test_missing_cluster_extra_says_how_to_install(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["distributed"] = None  # as if dask.distributed were not installed
+        from just_distribute import distribute, MissingExtraError
+        try:
+            distribute(job="cluster")(abs)([1, -2])
+        except MissingExtraError as exc:
+            print(exc)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    )
+    assert 'pip install "just-distribute[cluster]"' in out.stdout, out.stderr
+
+
+def inner_double(x: int) -> int:
+    return 2 * x
+
+
+def outer_sum(n: int, address: str) -> int:
+    inner = distribute(job="cluster", address=address)(inner_double)
+    return sum(inner(range(n)))
+
+
+def test_nested_cluster_calls_do_not_deadlock(cluster_address: str) -> None:
+    f = distribute(job="cluster", address=cluster_address)(outer_sum)
+    # More outer calls than worker threads: waiting on the cluster would deadlock.
+    assert f([3, 4, 5, 6], [cluster_address] * 4) == [6, 12, 20, 30]
+
+
+def test_embedded_cluster_is_started_once_and_reused() -> None:
+    f = distribute(job="cluster", workers=EMBEDDED_WORKERS)(square)
+    assert f(range(5)) == [0, 1, 4, 9, 16]
+    g = distribute(job="dask", workers=EMBEDDED_WORKERS)(lambda x: x + 1)
+    assert g(range(3)) == [1, 2, 3]
+    from just_distribute.config import resolve_options
+    from just_distribute.executors import get_executor
+
+    ex = get_executor(resolve_options({"job": "cluster", "workers": EMBEDDED_WORKERS}))
+    service = ex._service  # type: ignore[attr-defined]
+    assert service is not None and service.running
+    assert service.address.startswith("tcp://127.0.0.1:")
+    assert ex.workers == EMBEDDED_WORKERS
+
+
+def slow_marked(x: int, marker: str) -> int:
+    if not os.path.exists(marker):
+        with open(marker + ".tmp", "w") as out:
+            out.write(str(os.getpid()))
+        os.replace(marker + ".tmp", marker)
+    time.sleep(0.3)
+    return x * 3
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_run_completes_or_fails_clearly(
+    cluster_service: object, cluster_address: str, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "pid")
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not os.path.exists(marker):
+            time.sleep(0.05)
+        if os.path.exists(marker):
+            pid = int(Path(marker).read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    f = distribute(job="cluster", address=cluster_address, chunksize=2)(slow_marked)
+    try:
+        out = f(range(12), [marker] * 12)
+    except WorkerLostError as exc:  # dask gave up after its allowed failures
+        assert "died" in str(exc)
+    else:
+        assert out == [x * 3 for x in range(12)]
+    thread.join(5)
+    assert killed, "the worker was never killed: the test did not test anything"
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
+    # The nanny replaces the worker: the service still serves.
+    assert distribute(job="cluster", address=cluster_address)(square)(range(3)) == [0, 1, 4]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import usable_cpus
-from .errors import MissingExtraError
+from .errors import JustDistributeError, MissingExtraError
 
 __all__ = [
     "RunSummary",
@@ -212,6 +212,10 @@ def main(args: argparse.Namespace) -> int:
     except MissingExtraError as exc:
         print(f"just-distribute loadtest: {exc}", file=sys.stderr)
         return 2
+    except (JustDistributeError, OSError, TimeoutError) as exc:
+        # The service did not start, or the one at --address cannot be reached.
+        print(f"just-distribute loadtest: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print()
     print(format_table(summaries, markdown=False))
     print(f"\nwrote {args.out}/: {', '.join(OUTPUTS)}")

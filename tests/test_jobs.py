@@ -23,6 +23,11 @@ def combine(x: int, y: int, *, scale: int = 1) -> int:
     return (x * 31 + y) * scale
 
 
+async def async_combine(x: int, y: int, *, scale: int = 1) -> int:
+    await asyncio.sleep(0)
+    return combine(x, y, scale=scale)
+
+
 def batch_sum(numbers: list[int]) -> tuple[int, int, int]:
     return (numbers[0] if numbers else -1), len(numbers), sum(numbers)
 
@@ -71,6 +76,8 @@ def test_elements_equal_the_serial_reference(
     expected = [combine(x, y, scale=3) for x, y in zip(xs, ys, strict=True)]
     assert dist(xs, ys, scale=3) == expected
     assert dist(iter(xs), (y for y in ys), scale=3) == expected
+    if job == "web":  # coroutines on the event loop, besides plain functions in threads
+        assert distribute(**opts)(async_combine)(xs, ys, scale=3) == expected
 
 
 @pytest.mark.parametrize("job", JOBS)

@@ -136,19 +136,20 @@ def test_worker_killed_from_outside_is_retried_and_no_result_is_lost() -> None:
 # -- 5. Ctrl-C ----------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("job", ["compute", "cluster"])
 def test_ctrl_c_reaches_the_caller_kills_the_workers_and_the_next_call_works(
-    tmp_path: Path,
+    tmp_path: Path, job: str
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "ctrl_c.py"), str(tmp_path)],
+        [sys.executable, str(SCRIPTS / "ctrl_c.py"), str(tmp_path), job],
         stdout=subprocess.PIPE, text=True, env=script_env(),
     )
     events: dict[str, Any] = {}
     try:
         assert proc.stdout is not None
         events["ready"] = json.loads(proc.stdout.readline())
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(list(tmp_path.glob("started-*"))) < WORKERS:
             assert time.monotonic() < deadline, "the long calls never started"
             time.sleep(0.05)
@@ -158,7 +159,7 @@ def test_ctrl_c_reaches_the_caller_kills_the_workers_and_the_next_call_works(
         for line in proc.stdout:
             event = json.loads(line)
             events[event["event"]] = event
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -167,7 +168,8 @@ def test_ctrl_c_reaches_the_caller_kills_the_workers_and_the_next_call_works(
     latency = events["interrupted"]["at"] - sent
     assert latency < 5, f"KeyboardInterrupt took {latency:.2f}s"
     assert events["children"]["pids"] == []
-    assert not any(psutil.pid_exists(pid) for pid in workers)
+    if job == "compute":  # the busy workers were killed (dask tasks cannot be)
+        assert not any(psutil.pid_exists(pid) for pid in workers)
     assert events["next"]["result"] == [1, 2, 3, 4]
 
 

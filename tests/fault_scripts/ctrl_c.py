@@ -1,6 +1,10 @@
-"""Run a long compute job until SIGINT; report what the caller saw (one JSON line per event).
+"""Run a long job until SIGINT; report what the caller saw (one JSON line per event).
 
-Usage: python ctrl_c.py MARKER_DIR
+Usage: python ctrl_c.py MARKER_DIR [JOB]
+
+JOB is "compute" (default) or "cluster" (an embedded local cluster). A compute worker busy
+with an abandoned call is killed; a dask task cannot be stopped once it runs, so on the
+cluster the long calls are only a few seconds long and the next call waits for them.
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ import psutil
 from just_distribute import distribute
 
 
-@distribute(job="compute", workers=2)
-def long_call(x: int, *, marker_dir: str) -> int:
+def long_call(x: int, *, marker_dir: str, seconds: float) -> int:
     open(os.path.join(marker_dir, f"started-{x}-{os.getpid()}"), "w").close()
-    time.sleep(60)
+    time.sleep(seconds)
     return x
 
 
-@distribute(job="compute", workers=2)
 def quick(x: int) -> int:
     return x + 1
 
@@ -33,21 +35,29 @@ def say(**event: object) -> None:
 
 def main() -> None:
     marker_dir = sys.argv[1]
+    job = sys.argv[2] if len(sys.argv) > 2 else "compute"
+    seconds = 60.0 if job == "compute" else 4.0
     me = psutil.Process()
-    say(event="ready", warm=quick([1, 2]))
+    quick_job = distribute(quick, job=job, workers=2)
+    say(event="ready", warm=quick_job([1, 2]))
+    service = {p.pid for p in me.children(recursive=True)} if job == "cluster" else set()
     try:
-        long_call(range(8), marker_dir=marker_dir)
+        distribute(long_call, job=job, workers=2)(range(8), marker_dir=marker_dir,
+                                                  seconds=seconds)
     except KeyboardInterrupt:
         caught = time.monotonic()
         say(event="interrupted", at=caught)
     else:
         say(event="finished")
         return
+    def workers() -> list[int]:
+        return [p.pid for p in me.children(recursive=True) if p.pid not in service]
+
     deadline = time.monotonic() + 10
-    while me.children(recursive=True) and time.monotonic() < deadline:
+    while workers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    say(event="children", pids=[p.pid for p in me.children(recursive=True)])
-    say(event="next", result=quick(range(4)))
+    say(event="children", pids=workers())
+    say(event="next", result=quick_job(range(4)))
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ class ClusterExecutor(Executor):
             if security is not None and "://" not in address:
                 address = "tls://" + address
         try:
-            return distributed.Client(
+            client = distributed.Client(
                 address, timeout=self._connect_timeout, security=security,
                 set_as_default=False,
             )
@@ -258,6 +258,8 @@ class ClusterExecutor(Executor):
                 f"no dask scheduler answered at {address} within {self._connect_timeout}s "
                 f"(connect_timeout=): {type(exc).__name__}: {exc}.{hint}"
             ) from exc
+        log.info("job 'cluster': connected to the dask scheduler at %s", address)
+        return client
 
     # -- running chunks ------------------------------------------------------------------
     def _payload_arg(self, client: Any, payload: Payload) -> Any:

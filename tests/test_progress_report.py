@@ -18,7 +18,14 @@ import pytest
 from just_distribute import Pool, distribute
 from just_distribute.errors import CallTimeoutError
 
-JOBS = ["compute", "io", "web", "serial"]
+JOBS = ["compute", "io", "web", "serial", "cluster"]
+
+
+def on(job: str, request: pytest.FixtureRequest, **options: Any) -> Any:
+    """``distribute(job=job, workers=2, ...)``; the cluster job on the session's service."""
+    if job == "cluster":
+        options["address"] = request.getfixturevalue("cluster_address")
+    return distribute(job=job, workers=2, **options)
 
 
 def square(x: int) -> int:
@@ -49,9 +56,11 @@ class Recorder:
 
 # -- progress ---------------------------------------------------------------------------
 @pytest.mark.parametrize("job", JOBS)
-def test_progress_callback_moves_as_chunks_finish(job: str) -> None:
+def test_progress_callback_moves_as_chunks_finish(
+    job: str, request: pytest.FixtureRequest
+) -> None:
     rec = Recorder()
-    f = distribute(job=job, workers=2, chunksize=5, progress=rec)(square)
+    f = on(job, request, chunksize=5, progress=rec)(square)
     assert f(range(40)) == [x * x for x in range(40)]
     dones = [d for d, _ in rec.seen]
     assert len(dones) == 8  # one update per chunk of 5
@@ -61,17 +70,21 @@ def test_progress_callback_moves_as_chunks_finish(job: str) -> None:
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_progress_counts_elements_for_batch_calls(job: str) -> None:
+def test_progress_counts_elements_for_batch_calls(
+    job: str, request: pytest.FixtureRequest
+) -> None:
     rec = Recorder()
-    f = distribute(job=job, workers=2, batches=4, progress=rec)(total)
+    f = on(job, request, batches=4, progress=rec)(total)
     assert sum(f(list(range(100)))) == sum(range(100))
     assert rec.seen[-1] == (100, 100)
     assert all(t == 100 for _, t in rec.seen)
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_progress_bar_moves_on_every_job(job: str, capsys: pytest.CaptureFixture[str]) -> None:
-    f = distribute(job=job, workers=2, chunksize=3, progress=True)(square)
+def test_progress_bar_moves_on_every_job(
+    job: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = on(job, request, chunksize=3, progress=True)(square)
     assert f(range(30)) == [x * x for x in range(30)]
     err = capsys.readouterr().err
     assert "square:" in err
@@ -81,8 +94,10 @@ def test_progress_bar_moves_on_every_job(job: str, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_progress_bar_counts_elements(job: str, capsys: pytest.CaptureFixture[str]) -> None:
-    f = distribute(job=job, workers=2, batches=4, progress=True)(total)
+def test_progress_bar_counts_elements(
+    job: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = on(job, request, batches=4, progress=True)(total)
     f(list(range(100)))
     err = capsys.readouterr().err
     assert "100/100" in err and "element" in err
@@ -101,9 +116,9 @@ def test_progress_of_a_stream_of_unknown_length(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("job", JOBS)
 def test_progress_bar_is_closed_when_a_call_fails(
-    job: str, capsys: pytest.CaptureFixture[str]
+    job: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    f = distribute(job=job, workers=2, chunksize=2, progress=True)(fail_on_seven)
+    f = on(job, request, chunksize=2, progress=True)(fail_on_seven)
     with pytest.raises(ValueError, match="seven"):
         f(range(20))
     err = capsys.readouterr().err
@@ -143,8 +158,8 @@ def test_pool_map_progress(capsys: pytest.CaptureFixture[str]) -> None:
 
 # -- the run report ---------------------------------------------------------------------
 @pytest.mark.parametrize("job", JOBS)
-def test_report_per_worker_calls_add_up(job: str) -> None:
-    f = distribute(job=job, workers=2, chunksize=4)(square)
+def test_report_per_worker_calls_add_up(job: str, request: pytest.FixtureRequest) -> None:
+    f = on(job, request, chunksize=4)(square)
     results, report = f.report(range(57))
     assert results == [x * x for x in range(57)]
     assert report.calls == 57
@@ -162,8 +177,8 @@ def test_report_per_worker_calls_add_up(job: str) -> None:
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_report_counts_batch_calls(job: str) -> None:
-    f = distribute(job=job, workers=2, batches=4)(total)
+def test_report_counts_batch_calls(job: str, request: pytest.FixtureRequest) -> None:
+    f = on(job, request, batches=4)(total)
     results, report = f.report(list(range(100)))
     assert sum(results) == sum(range(100))
     assert report.calls == 4
@@ -260,6 +275,16 @@ def test_pools_started_and_stopped_are_logged(caplog: pytest.LogCaptureFixture) 
     assert "job 'io': started a pool of 3 workers" in messages
     assert "job 'io': stopped a pool of 3 workers" in messages
     assert "job 'io': started a shared pool of 13 workers" in messages
+
+
+def test_the_cluster_address_is_logged(
+    cluster_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="just_distribute")
+    f = distribute(job="cluster", address=cluster_address, workers=5)  # a fresh client
+    assert f(square)(range(3)) == [0, 1, 4]
+    messages = [r.getMessage() for r in caplog.records if r.name == "just_distribute"]
+    assert f"job 'cluster': connected to the dask scheduler at {cluster_address}" in messages
 
 
 _SCRIPT = """

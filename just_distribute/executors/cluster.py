@@ -167,7 +167,7 @@ class ClusterExecutor(Executor):
         self._service: Any = None
         self._scattered: dict[str, Any] = {}
         self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
-        self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str] | None] = (
+        self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str, bool, Any] | None] = (
             queue.SimpleQueue()
         )
         self._settler: threading.Thread | None = None
@@ -307,10 +307,9 @@ class ClusterExecutor(Executor):
 
     def _watch(self, client: Any, dask_future: Any, fut: ChunkFuture, name: str) -> None:
         # Not dask's add_done_callback: its callback thread pool refuses work once the
-        # interpreter starts exiting, before our atexit shutdown runs. The client's loop
-        # notices completion; our own thread fetches and rebuilds the outcome.
-        from distributed.client import done_callback
-
+        # interpreter starts exiting (before our atexit shutdown), and it would fetch the
+        # results one at a time. The client's loop waits for and fetches every outcome
+        # concurrently; our own thread rebuilds them.
         with self._lock:
             if self._settler is None:
                 self._settler = threading.Thread(
@@ -318,33 +317,39 @@ class ClusterExecutor(Executor):
                 )
                 self._settler.start()
         outcomes = self._outcomes
-        client.loop.add_callback(
-            done_callback, dask_future, lambda done: outcomes.put((fut, done, name))
-        )
+
+        async def fetch() -> None:
+            try:
+                data = await client.gather(dask_future, asynchronous=True)
+            except BaseException as exc:  # the task's error, a dead worker, a cancellation
+                outcomes.put((fut, dask_future, name, False, exc))
+            else:
+                outcomes.put((fut, dask_future, name, True, data))
+
+        client.loop.add_callback(fetch)
 
     def _settle_loop(self) -> None:
         while (item := self._outcomes.get()) is not None:
-            fut, done, name = item
+            fut = item[0]
             try:
-                self._settle(fut, done, name)
+                self._settle(*item)
             except BaseException as exc:  # the settler must survive, the chunk must end
                 _set(fut, None, exc)
 
-    def _settle(self, fut: ChunkFuture, done: Any, name: str) -> None:
-        self._pending.pop(id(done), None)
-        status = done.status
-        if status == "finished":
+    def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
+        self._pending.pop(id(dask_future), None)
+        if ok:
             try:
-                outcome = _wire.loads(done.result())
+                outcome = _wire.loads(value)
             except Exception as exc:
                 _set(fut, None, ReceiveError(
                     f"the outcome of a chunk of {name}() could not be rebuilt here: "
                     f"{type(exc).__name__}: {exc}"
                 ))
                 return
-            tag, value, message = outcome if len(outcome) == 3 else (*outcome, None)
+            tag, result, message = outcome if len(outcome) == 3 else (*outcome, None)
             if tag == "ok":
-                _set(fut, value, None)
+                _set(fut, result, None)
             elif tag == "unsendable":
                 _set(fut, None, ReceiveError(message))
             else:
@@ -353,22 +358,20 @@ class ClusterExecutor(Executor):
                     f"modules installed on the workers?):\n{message}"
                 ))
             return
-        if status == "error":
-            error = done.exception()
-            if type(error).__name__ == "KilledWorker":
-                lost = WorkerLostError(
-                    f"dask workers died while running a chunk of {name}() (dask retried it on "
-                    f"other workers and gave up: {error}). A call may be crashing its worker "
-                    f"(out of memory? native code?); see the workers' logs."
-                )
-                _set(fut, None, lost)
-            else:
-                _set(fut, None, error)
-            return
-        _set(fut, None, JustDistributeError(
-            f"the cluster dropped a chunk of {name}() (status {status!r}): the client was "
-            f"closed or the cluster restarted"
-        ))
+        kind = type(value).__name__
+        if kind == "KilledWorker":
+            _set(fut, None, WorkerLostError(
+                f"dask workers died while running a chunk of {name}() (dask retried it on "
+                f"other workers and gave up: {value}). A call may be crashing its worker "
+                f"(out of memory? native code?); see the workers' logs."
+            ))
+        elif isinstance(value, Exception) and "Cancelled" not in kind:
+            _set(fut, None, value)
+        else:
+            _set(fut, None, JustDistributeError(
+                f"the cluster dropped a chunk of {name}() ({kind}): the client was closed "
+                f"or the cluster restarted"
+            ))
 
     def abandon(self, future: ChunkFuture) -> None:
         """Cancel the chunk's dask task (a task already running finishes unobserved)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from just_distribute import loadtest
+from just_distribute import cli, loadtest
 from just_distribute.service import start_service
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,12 +39,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """``just-distribute loadtest --workers 1,2 --tasks 20 --duration 0.01``, run once."""
     directory = tmp_path_factory.mktemp("loadtest") / "out"
-    args = parse(
-        ["--workers", "1,2", "--tasks", "20", "--duration", "0.01", "--out", str(directory)]
-    )
+    argv = ["loadtest", "--workers", "1,2", "--tasks", "20", "--duration", "0.01",
+            "--out", str(directory)]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = loadtest.main(args)
+        code = cli.main(argv)  # the `just-distribute` command, in this process
     return Run(code, out.getvalue(), err.getvalue(), directory)
 
 

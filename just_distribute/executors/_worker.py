@@ -112,13 +112,19 @@ def main() -> None:
                 if len(cache) >= _PAYLOAD_CACHE_SIZE:
                     cache.pop(next(iter(cache)))
                 cache[key] = fn
+            if data is None:  # only the function: the caller waits for it to be loaded
+                conn.send_bytes(pickle.dumps(("loaded", None, None)))
+                continue
             columns = loads(data)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(exc))
             conn.send_bytes(pickle.dumps(("unloadable", None, tb)))
             continue
         result = run_chunk(fn, columns, stop_on_error, name, "compute", True)
-        conn.send_bytes(_portable_result(result))
+        try:
+            conn.send_bytes(_portable_result(result))
+        except OSError:  # the caller is gone (killed, or it killed us): nothing to report
+            break
     conn.close()
 
 

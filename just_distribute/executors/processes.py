@@ -12,6 +12,7 @@ functions in ``__main__``); a function is sent once per worker, not once per chu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import InvalidStateError
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 from .. import _wire
 from .._chunk import ChunkResult
 from ..errors import JustDistributeError, ReceiveError, SendError, WorkerLostError
+from ._worker import _PAYLOAD_CACHE_SIZE
 from .base import ChunkFuture, Executor, Payload, Task
 
 __all__ = ["ProcessExecutor"]
@@ -51,7 +54,7 @@ class _Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.pid: int | None = None
-        self.keys: set[str] = set()
+        self.keys: dict[str, None] = {}  # functions the worker holds, oldest first
         self.killed = False
         self.thread = threading.Thread(
             target=self._loop, name=f"just_distribute-compute-{index}", daemon=True
@@ -74,7 +77,7 @@ class _Worker:
         finally:
             child_sock.close()
         self.conn = Connection(parent_sock.detach())
-        self.keys = set()
+        self.keys = {}
         self.killed = False
         self.pid = None
         name = f"compute-{self.index}"
@@ -118,6 +121,28 @@ class _Worker:
                 )
             )
 
+    def _preload(self, payload: Payload, fut: ChunkFuture) -> bool:
+        """Have the worker load a new function (importing its module) before the chunk's
+        clock starts: a timeout is for the call, not for imports. False if ``fut`` failed."""
+        assert self.conn is not None
+        try:
+            self.conn.send_bytes(
+                pickle.dumps((payload.key, payload.serialized(), None, False), _wire.PROTOCOL)
+            )
+            reply = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._lost(fut)
+            return False
+        if pickle.loads(reply)[0] != "loaded":  # "unloadable", with the traceback
+            if fut.set_running_or_notify_cancel():
+                self._deliver(reply, fut)
+            return False
+        # Mirror the worker's first-in-first-out cache of functions.
+        if len(self.keys) >= _PAYLOAD_CACHE_SIZE:
+            self.keys.pop(next(iter(self.keys)))
+        self.keys[payload.key] = None
+        return True
+
     def _loop(self) -> None:
         owner = self.owner
         while True:
@@ -125,27 +150,31 @@ class _Worker:
             if item is None:
                 break
             payload, data, stop_on_error, fut = item
-            if not fut.mark_started():
+            if fut.cancelled():
                 continue
             try:
                 if self.proc is None or self.proc.poll() is not None:
+                    # Before the chunk's clock starts: a timeout is for the call, not start-up.
                     self.spawn()
             except Exception as exc:
                 self.proc, self.conn = None, None
-                fut.set_exception(exc)
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    fut.set_exception(exc)
                 continue
             assert self.conn is not None
+            if payload.key not in self.keys and not self._preload(payload, fut):
+                continue
+            # Registered before it counts as started, so that abandon() always finds it.
             owner.running[fut] = self
+            if not fut.mark_started():
+                owner.running.pop(fut, None)
+                continue
             try:
-                first = payload.key not in self.keys
                 self.conn.send_bytes(
                     pickle.dumps(
-                        (payload.key, payload.serialized() if first else None, data,
-                         stop_on_error),
-                        protocol=_wire.PROTOCOL,
+                        (payload.key, None, data, stop_on_error), protocol=_wire.PROTOCOL
                     )
                 )
-                self.keys.add(payload.key)
                 reply = self.conn.recv_bytes()
             except (EOFError, OSError):
                 self._lost(fut)

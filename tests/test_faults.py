@@ -303,3 +303,12 @@ def test_unsendable_things_fail_in_the_caller_naming_the_object() -> None:
     assert compute_pool(UNSENDABLE_WORKERS).pids() == []
     # The same function on io needs no sending at all.
     assert distribute(uses_lock, job="io", workers=2)([1, 2]) == [1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_more_functions_than_a_worker_caches_still_run() -> None:
+    # A worker keeps the last few functions it was sent; the caller must know which.
+    fns = [distribute(lambda x, k=k: x + k, job="compute", workers=WORKERS) for k in range(12)]
+    for _ in range(2):
+        for k, f in enumerate(fns):
+            assert f([0, 1, 2, 3]) == [k, k + 1, k + 2, k + 3]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncResult",
     "IMapIterator",
+    "Initialized",
     "Notifier",
     "OwnedExecutor",
     "PoolTerminatedError",
@@ -75,6 +76,35 @@ class AsyncStar(Star):
         return await self.fn(*args)
 
 
+_initialized: set[str] = set()
+_init_lock = threading.Lock()
+
+
+class Initialized:
+    """``fn`` that first runs the pool's initializer, once in each process it runs in.
+
+    For backends without an initializer hook of their own: a dask cluster (whose workers
+    are processes) and a user's own executor.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], initializer: Callable[..., object],
+        initargs: tuple[Any, ...], key: str,
+    ) -> None:
+        self.fn = fn
+        self.initializer = initializer
+        self.initargs = initargs
+        self.key = key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.key not in _initialized:
+            with _init_lock:
+                if self.key not in _initialized:
+                    self.initializer(*self.initargs)
+                    _initialized.add(self.key)
+        return self.fn(*args, **kwargs)
+
+
 class _Mirror(ChunkFuture):
     """The pool's view of a chunk: ``terminate()`` can fail it whatever the backend does."""
 
@@ -114,7 +144,8 @@ class OwnedExecutor(Executor):
     """The pool's executor: the backend's, plus a way to fail everything it has running."""
 
     def __init__(self, inner: Executor, owned: bool) -> None:
-        super().__init__(inner.workers)
+        self.inner = inner
+        super().__init__(0)
         # The engine reads the backend's sizing hints from the executor it is given.
         vars(self).update(
             name=inner.name,
@@ -123,12 +154,20 @@ class OwnedExecutor(Executor):
             in_flight_per_worker=inner.in_flight_per_worker,
             target_chunk_seconds=inner.target_chunk_seconds,
         )
-        self.inner = inner
         self.owned = owned
         self._lock = threading.Lock()
         self._live: set[_Mirror] = set()
         self._terminated = False
         self._shut = False
+
+    @property
+    def workers(self) -> int:
+        """The backend's worker count (a cluster's may change as workers come and go)."""
+        return self.inner.workers
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        pass  # set by the base class; the backend's count rules
 
     def submit(self, task: Task) -> ChunkFuture:
         """Submit to the backend and hand back a future that terminate() can fail."""
@@ -157,13 +196,17 @@ class OwnedExecutor(Executor):
         future.cancel()
 
     def fail_all(self) -> None:
-        """Refuse new chunks and fail every chunk still running."""
+        """Refuse new chunks; fail every chunk not finished, and stop it where it runs."""
         with self._lock:
             self._terminated = True
             live = list(self._live)
         for fut in live:
             with contextlib.suppress(InvalidStateError):
                 fut.set_exception(terminated())
+            if fut.inner is not None:
+                # Queued chunks are dropped; running ones are stopped where the backend
+                # can (a worker process is killed), instead of running on after the end.
+                self.inner.abandon(fut.inner)
 
     def shutdown(self, wait: bool = True) -> None:
         """Shut the backend down, once, if the pool made it."""

@@ -160,6 +160,9 @@ class _Run:
         self.pending: dict[ChunkFuture, _Chunk] = {}
         self.delayed: list[tuple[float, int, _Chunk]] = []
         self.finished: dict[int, list[Any]] = {}
+        # In order, the results before a failed call are still owed to the caller: the
+        # earliest failure waits here until the output reaches it (no new chunk starts).
+        self.failed: tuple[int, BaseException] | None = None
 
     # -- submitting ------------------------------------------------------------------
     def submit(self, ch: _Chunk) -> None:
@@ -219,7 +222,11 @@ class _Run:
                 self.progress.update(self.plan.weight(ch.columns, ch.offset - 1, 1))
             self.advance(ch)
             return
-        raise exc
+        if not self.ordered:
+            raise exc
+        if self.failed is None or ch.seq < self.failed[0]:
+            self.failed = (ch.seq, exc)
+        self.finished[ch.seq] = ch.values
 
     def outcome(self, fut: ChunkFuture) -> None:
         ch = self.pending.pop(fut)
@@ -308,7 +315,7 @@ class _Run:
         seq = next_out = 0
         try:
             while True:
-                while not exhausted and (
+                while not exhausted and self.failed is None and (
                     len(self.pending) + len(self.delayed) + len(self.finished) < self.window
                 ):
                     try:
@@ -335,7 +342,12 @@ class _Run:
                     self.submit(heapq.heappop(self.delayed)[2])
                 if self.ordered:
                     while next_out in self.finished:
-                        yield self.finished.pop(next_out)
+                        part = self.finished.pop(next_out)
+                        if self.failed is not None and self.failed[0] == next_out:
+                            if part:
+                                yield part
+                            raise self.failed[1]
+                        yield part
                         next_out += 1
                 else:
                     for key in list(self.finished):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -32,6 +33,7 @@ from ._pool_support import (
     AsyncResult,
     AsyncStar,
     IMapIterator,
+    Initialized,
     Notifier,
     OwnedExecutor,
     PoolTerminatedError,
@@ -42,7 +44,14 @@ from ._pool_support import (
 )
 from .config import Options, ProgressOption, resolve_options
 from .engine import decorate_error, execute
-from .executors import Payload, RunScope, Task, create_executor, get_executor
+from .executors import (
+    Payload,
+    RunScope,
+    Task,
+    canonical_job,
+    create_executor,
+    get_executor,
+)
 from .executors.coroutines import is_async
 from .planning import Plan, short_repr
 from .progress import make_progress
@@ -52,6 +61,8 @@ __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 log = logging.getLogger("just_distribute")
 
 T = TypeVar("T")
+#: Jobs whose executors run ``initializer`` themselves, once per worker.
+_NATIVE_INITIALIZER = frozenset({"compute", "io", "web"})
 
 
 def _check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -128,13 +139,20 @@ class Pool:
             explicit["initializer"] = initializer
         # Errors follow multiprocessing: the first one is raised, never returned as a value.
         self._options: Options = resolve_options(explicit).replace(on_error="raise")
-        owned = isinstance(self._options.job, str)
-        inner = create_executor(self._options) if owned else get_executor(self._options)
-        if initializer is not None and inner.name in ("serial", "futures"):
-            if inner.name == "serial":
-                initializer(*self._options.initargs)  # the caller's thread is the worker
-            else:
-                log.warning("Pool(initializer=...) is ignored on a user's own executor")
+        options = self._options
+        owned = isinstance(options.job, str)
+        if owned and canonical_job(options.job) == "cluster" and options.address is None:
+            # The embedded cluster is a process tree that takes seconds to start: share the
+            # registry's, as every distributed function does (it stops at exit).
+            owned = False
+            inner = get_executor(options.replace(initializer=None, initargs=()))
+        else:
+            inner = create_executor(options) if owned else get_executor(options)
+        self._initialized: str | None = None
+        if initializer is not None and inner.name == "serial":
+            initializer(*options.initargs)  # the caller's thread is the one worker
+        elif initializer is not None and inner.name not in _NATIVE_INITIALIZER:
+            self._initialized = uuid.uuid4().hex  # wrap every call: see Initialized
         self._executor = OwnedExecutor(inner, owned)
         self._processes = inner.workers
         self._state = "RUN"
@@ -170,6 +188,16 @@ class Pool:
             self._active -= 1
             self._cond.notify_all()
 
+    def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        fn: Callable[..., Any] = func
+        if is_async(func) and self._executor.name != "web":
+            fn = BlockingCall(func)
+        if self._initialized is not None:
+            init = self._options.initializer
+            assert init is not None
+            fn = Initialized(fn, init, self._options.initargs, self._initialized)
+        return fn
+
     def _plan(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
               materialize: bool) -> Plan:
         if not callable(func):
@@ -178,9 +206,7 @@ class Pool:
             iterable = list(iterable)
         else:
             iter(iterable)  # not iterable: TypeError here, in the caller
-        fn: Callable[..., Any] = func
-        if is_async(func) and self._executor.name != "web":
-            fn = BlockingCall(func)
+        fn = self._wrap(func)
         if star:
             fn = AsyncStar(fn) if is_async(fn) else Star(fn)
         n = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
@@ -318,9 +344,7 @@ class Pool:
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__} {func!r}")
         call_args, call_kwds = _check_apply(args, kwds)
-        target: Callable[..., Any] = func
-        if is_async(func) and self._executor.name != "web":
-            target = BlockingCall(func)
+        target = self._wrap(func)
         maker = AsyncOneCall if is_async(target) else OneCall
         name = _name(func)
         describe = ", ".join(

@@ -76,11 +76,16 @@ def test_sigkill_at_60_percent_then_rerun_runs_only_the_unfinished_calls(
     assert len(records(ckpt)) == 100
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("job", ["compute", "io", "web", "serial"])
-def test_rerun_reuses_records_on_every_job(tmp_path: Path, job: str) -> None:
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("job", ["compute", "io", "web", "serial", "cluster"])
+def test_rerun_reuses_records_on_every_job(
+    tmp_path: Path, job: str, request: pytest.FixtureRequest
+) -> None:
     log = tmp_path / "log"
-    f = distribute(logged_square, job=job, workers=2, checkpoint=str(tmp_path / "ck"))
+    where: dict[str, Any] = {"workers": 2}
+    if job == "cluster":  # the session's function service: the records stay here
+        where = {"address": request.getfixturevalue("cluster_address")}
+    f = distribute(logged_square, job=job, checkpoint=str(tmp_path / "ck"), **where)
     assert f(range(30), log=str(log)) == [x * x for x in range(30)]
     assert sorted(logged(log)) == list(range(30))
     assert f(range(30), log=str(log)) == [x * x for x in range(30)]

@@ -299,6 +299,8 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     for job in ("compute", "io", "web", "serial"):
         assert distribute(job=job, workers=2)(cube)(range(9))[-1] == 512
+    if sys.argv[1] == "quiet":  # the embedded cluster too: a service and a dask client
+        assert distribute(job="cluster", workers=1)(cube)(range(9))[-1] == 512
     sys.stdout.write("done")
 """
 

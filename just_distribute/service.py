@@ -35,7 +35,7 @@ from . import _tls
 from .config import usable_cpus
 from .errors import JustDistributeError, MissingExtraError
 
-__all__ = ["ServiceHandle", "configure", "main", "start_service"]
+__all__ = ["ServiceHandle", "configure", "insecure_warning", "main", "serve", "start_service"]
 
 log = logging.getLogger("just_distribute")
 
@@ -87,6 +87,16 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def insecure_warning(host: str, tls: object) -> str | None:
+    """The warning for serving on ``host`` with these TLS settings (None when it is safe)."""
+    if _is_loopback(host) or tls is not None:
+        return None
+    return (
+        f"serving on {host} without TLS: anyone who can reach this port can run code on "
+        f"these machines. Use --tls, or --host 127.0.0.1 behind an SSH tunnel."
+    )
 
 
 def _import_distributed() -> Any:
@@ -143,11 +153,8 @@ def serve(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     security = _tls.security(tls) if tls is not None else None
     protocol = "tls://" if tls is not None else "tcp://"
-    if not _is_loopback(host) and tls is None:
-        message = (
-            f"serving on {host} without TLS: anyone who can reach this port can run code "
-            f"on these machines. Use --tls, or --host 127.0.0.1 behind an SSH tunnel."
-        )
+    message = insecure_warning(host, tls)
+    if message is not None:
         warnings.warn(message, stacklevel=2)
         log.warning("%s", message)
     common = {"host": host, "protocol": protocol, "security": security}

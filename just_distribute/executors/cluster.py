@@ -241,6 +241,12 @@ class ClusterExecutor(Executor):
             security = _tls.security(self._tls)
             if security is not None and "://" not in address:
                 address = "tls://" + address
+            if security is None and address.startswith("tls://"):
+                raise ClusterUnreachableError(
+                    f"the dask scheduler at {address} serves TLS and this client has no "
+                    f"certificate: pass tls= (the directory from `just-distribute cluster "
+                    f"--tls`, or its ca/cert/key files) or set JUST_DISTRIBUTE_TLS"
+                )
         try:
             client = distributed.Client(
                 address, timeout=self._connect_timeout, security=security,

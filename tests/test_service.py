@@ -1,0 +1,151 @@
+"""The function service: the command, its Python API, TLS, metrics, joining workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import distributed
+import psutil
+import pytest
+from fixtures_cluster import read_announcement, service_command
+
+from just_distribute import ClusterUnreachableError, _tls, compute_this, distribute
+from just_distribute.config import resolve_options
+from just_distribute.executors import get_executor
+from just_distribute.service import ServiceHandle, configure, insecure_warning, main
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def metered(x: int) -> int:
+    return x + 1
+
+
+def _workers(address: str) -> set[str]:
+    with distributed.Client(address, set_as_default=False, timeout=30) as client:
+        return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+
+
+def test_start_service_api(cluster_service: ServiceHandle) -> None:
+    assert cluster_service.address.startswith("tcp://127.0.0.1:")
+    assert cluster_service.running
+    assert cluster_service.dashboard_url is not None
+    assert cluster_service.dashboard_url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(cluster_service.dashboard_url, timeout=30) as page:
+        assert page.status == 200
+    assert _workers(cluster_service.address) >= {"worker-0", "worker-1"}
+
+
+def _memory_count(metrics_url: str, prefix: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=30) as page:
+        text = page.read().decode()
+    assert "dask_scheduler_tasks" in text
+    for line in text.splitlines():
+        if line.startswith("dask_scheduler_prefix_state_totals_total{") and (
+            f'task_prefix_name="{prefix}"' in line and 'state="memory"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_counters_move_after_a_job(cluster_service: ServiceHandle) -> None:
+    assert cluster_service.metrics_url is not None
+    before = _memory_count(cluster_service.metrics_url, "metered-chunk")
+    f = distribute(job="cluster", address=cluster_service.address, chunksize=5)(metered)
+    assert f(range(20)) == list(range(1, 21))
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline and after < before + 4:
+        after = _memory_count(cluster_service.metrics_url, "metered-chunk")
+        time.sleep(0.2)
+    assert after >= before + 4  # 20 calls in chunks of 5: four tasks
+
+
+def test_insecure_hosts_are_warned_about() -> None:
+    assert insecure_warning("127.0.0.1", None) is None
+    assert insecure_warning("localhost", None) is None
+    assert insecure_warning("::1", None) is None
+    assert insecure_warning("0.0.0.0", object()) is None
+    message = insecure_warning("0.0.0.0", None)
+    assert message is not None and "--tls" in message
+
+
+def test_partial_tls_files_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert main(parser.parse_args(["--tls-cert", "cert.pem"])) == 2
+    assert "give all three" in capsys.readouterr().err
+
+
+def test_worker_command_joins_and_leaves(cluster_address: str) -> None:
+    cmd = [sys.executable, "-m", "just_distribute", "worker", cluster_address,
+           "--workers", "1", "--name", "extra"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "extra-0" not in _workers(cluster_address):
+            time.sleep(0.3)
+        assert "extra-0" in _workers(cluster_address)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "extra-0" in _workers(cluster_address):
+            time.sleep(0.3)
+        assert "extra-0" not in _workers(cluster_address)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.timeout(240)
+def test_tls_service_refuses_strangers_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    tls_dir = tmp_path / "tls"
+    log = (tmp_path / "service.log").open("w")
+    proc = subprocess.Popen(
+        service_command("--workers", "1", "--port", "0", "--dashboard-port", "0",
+                        "--tls", "--tls-dir", str(tls_dir)),
+        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))},
+    )
+    try:
+        info = read_announcement(proc)
+        address = info["scheduler"]
+        assert address.startswith("tls://127.0.0.1:")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the service started no worker process"
+
+        good = distribute(job="cluster", address=address, tls=str(tls_dir))(square)
+        assert good(range(4)) == [0, 1, 4, 9]
+        assert compute_this(address=address, tls=str(tls_dir))(square)(7).run(timeout=60) == 49
+
+        plain = distribute(job="cluster", address=address, connect_timeout=3)(square)
+        with pytest.raises(ClusterUnreachableError, match="tls="):
+            plain(range(2))
+        stranger = _tls.generate(tmp_path / "other")  # a certificate from another CA
+        wrong = distribute(job="cluster", address=address, tls=stranger, connect_timeout=3)
+        with pytest.raises(ClusterUnreachableError):
+            wrong(square)(range(2))
+
+        # Let go of the connected client before the service goes away.
+        get_executor(resolve_options(
+            {"job": "cluster", "address": address, "tls": str(tls_dir)})).shutdown()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()

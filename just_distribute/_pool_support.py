@@ -352,9 +352,16 @@ class Stream:
             return True
 
     def finish(self, error: BaseException | None) -> None:
+        """The run has ended (the first end reported wins)."""
         with self.cond:
-            self.finished, self.error = True, error
+            if not self.finished:
+                self.finished, self.error = True, error
             self.cond.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """End the stream now: the consumer gets what is buffered, then ``error``."""
+        self.set(stopped=True)
+        self.finish(error)
 
     def get(self, timeout: float | None) -> list[Any]:
         """The next chunk's results; raises the run's error, or StopIteration at the end."""

@@ -85,13 +85,24 @@ def _name(func: Callable[..., Any]) -> str:
 class Pool:
     """A drop-in for ``multiprocessing.Pool`` that runs on any job.
 
+    The pool owns its workers: they start with the pool (worker processes on their first
+    task) and stop at :meth:`terminate`, at :meth:`close` + :meth:`join`, at the end of a
+    ``with`` block, or when the pool is garbage collected. The one exception is the
+    embedded cluster of ``job="cluster"`` without ``address``, shared with every
+    distributed function because it takes seconds to start. ``config()`` settings such as
+    ``max_in_flight``, ``timeout`` and ``retries`` in force when the pool is made apply to
+    its runs; errors are always raised, as in the standard library.
+
     Args:
-        processes: the number of workers (default: the job's default).
+        processes: the number of workers (default: the job's default). On the cluster job
+            it sizes the embedded cluster; a cluster at ``address`` has its own size.
         initializer: called as ``initializer(*initargs)`` once in each worker before its
-            first task (a thread, a process, a web consumer, a cluster worker).
+            first task: each worker process (compute), thread (io), consumer (web, awaited
+            if it is a coroutine function; each thread for plain functions), cluster worker
+            process, or the caller's thread (serial).
         initargs: the arguments for ``initializer``.
         maxtasksperchild: accepted for compatibility and ignored (a warning is logged):
-            workers live as long as the pool.
+            workers live as long as the pool, and one that dies is replaced at once.
         job: where calls run: ``"compute"``, ``"io"``, ``"web"``, ``"cluster"``,
             ``"serial"``, or a ``concurrent.futures.Executor`` or dask ``Client`` (used as
             it is and not shut down by the pool).
@@ -400,7 +411,7 @@ class Pool:
             self._state = "TERMINATE"
         self._executor.fail_all()
         for stream in list(self._streams):
-            stream.set(stopped=True)
+            stream.abort(terminated())
         if not self._notifier.in_thread():
             with self._cond:
                 self._cond.wait_for(lambda: self._active == 0, timeout=JOIN_TIMEOUT)

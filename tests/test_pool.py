@@ -226,7 +226,10 @@ def test_terminate_fails_pending_results_and_refuses_new_work(
     errors: list[BaseException] = []
     pending = pool.map_async(nap, [3.0, 3.0], 1, error_callback=errors.append)
     single = pool.apply_async(nap, (3.0,))
+    streaming = pool.imap(nap, [3.0] * 4, 1)
     pool.terminate()
+    with pytest.raises(PoolTerminatedError):
+        list(streaming)
     with pytest.raises(PoolTerminatedError):
         pending.get(timeout=30)
     with pytest.raises(PoolTerminatedError):

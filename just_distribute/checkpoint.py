@@ -6,7 +6,8 @@ chunk, in the caller's file system (the records never travel to workers).
 - The *function key* covers the function's code: its bytecode and constants (nested
   functions and lambdas included), defaults, closure values, the keyword constants of the
   run, and, one module deep, the code of the functions and the values of the plain globals
-  it uses. Change any of them and no earlier record is found.
+  it uses. Change any of them and no earlier record is found. (A value that cannot be
+  pickled, such as a lock or a session, counts by its type only.)
 - The *chunk key* is a hash of the chunk's pickled input columns, so a record is reused
   only for exactly the same inputs of exactly the same calls. Changed inputs miss; the
   chunks whose inputs did not change are still reused.

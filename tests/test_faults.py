@@ -312,3 +312,27 @@ def test_more_functions_than_a_worker_caches_still_run() -> None:
     for _ in range(2):
         for k, f in enumerate(fns):
             assert f([0, 1, 2, 3]) == [k, k + 1, k + 2, k + 3]
+
+
+class PickyError(Exception):
+    """Pickles (as ``PickyError("4-b")``) but cannot be rebuilt: ``__init__`` wants two."""
+
+    def __init__(self, a: int, b: str) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_picky(x: int) -> int:
+    if x == 4:
+        raise PickyError(x, "b")
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_that_cannot_be_rebuilt_costs_only_its_call() -> None:
+    f = distribute(raise_picky, job="compute", workers=WORKERS, chunksize=3)
+    with pytest.raises(RuntimeError, match="PickyError: 4-b") as info:
+        f(range(8))
+    assert "raised by call 4: raise_picky(x=4)" in "\n".join(info.value.__notes__)
+    out = f.with_options(on_error="return")(range(8))
+    assert isinstance(out[4], RuntimeError)
+    assert [v for i, v in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]

@@ -32,16 +32,21 @@ def _watch_parent(parent_pid: int) -> None:
 def _portable_result(result: Any) -> bytes:
     """Pickle an outcome; replace what cannot be pickled by a description of it."""
     from just_distribute._chunk import CallError, ChunkResult
-    from just_distribute._wire import dumps
+    from just_distribute._wire import dumps, loads
 
     try:
-        return dumps(("ok", result))
+        data = dumps(("ok", result))
+        for err in result.errors:
+            # An exception whose __init__ takes other arguments than it passes to
+            # Exception pickles, but cannot be rebuilt: that would cost the whole chunk.
+            loads(dumps(err.exc))
+        return data
     except Exception:
         pass
     errors = []
     for err in result.errors:
         try:
-            dumps(err.exc)
+            loads(dumps(err.exc))
             errors.append(err)
         except Exception:
             stand_in = RuntimeError(f"{type(err.exc).__qualname__}: {err.exc}")

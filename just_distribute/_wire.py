@@ -8,15 +8,66 @@ to its original function, so that the worker never recurses into a pool.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import pickle
+import socket
+import struct
 import types
 from typing import Any
 
-__all__ = ["dumps", "dumps_function", "load_wrapped", "loads"]
+__all__ = ["dumps", "dumps_function", "load_wrapped", "loads", "recv_frame", "send_frame"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+_HEADER = struct.Struct("!Q")
+#: Socket buffers large enough for a typical chunk, so a message crosses in few system calls.
+SOCKET_BUFFER = 4 << 20
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    """Send one length-prefixed message.
+
+    ``sendall`` on a blocking stream socket releases the GIL for the whole transfer, where
+    ``multiprocessing.connection`` writes (and re-takes the GIL) once per buffer-full: on a
+    busy caller every re-take can wait a full switch interval.
+    """
+    if len(data) < 65536:
+        sock.sendall(_HEADER.pack(len(data)) + data)
+    else:
+        sock.sendall(_HEADER.pack(len(data)))
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        # MSG_WAITALL: one system call (one GIL release) for the whole message.
+        k = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+        if k == 0:
+            raise EOFError("the connection closed")
+        got += k
+    return buf
+
+
+def recv_frame(sock: socket.socket) -> bytearray:
+    """Receive one message sent by :func:`send_frame`.
+
+    Raises:
+        EOFError: the other side closed the connection.
+    """
+    (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    return _recv_exact(sock, n)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Enlarge the buffers of a worker socket (best effort)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
 def load_wrapped(module: str, qualname: str) -> Any:
@@ -102,7 +153,7 @@ def dumps(obj: Any) -> bytes:
         return _dill_dumps(obj)
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | bytearray) -> Any:
     """Rebuild what :func:`dumps` or :func:`dumps_function` wrote (dill output included)."""
     try:
         return pickle.loads(data)

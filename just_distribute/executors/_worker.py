@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 _PAYLOAD_CACHE_SIZE = 8
@@ -85,8 +85,10 @@ def _picklable(value: Any) -> bool:
 def main() -> None:
     """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(sys.argv[1]))
-    sys_path, parent_pid, name, init_bytes = pickle.loads(conn.recv_bytes())
+    from just_distribute._wire import recv_frame, send_frame
+
+    conn = socket.socket(fileno=int(sys.argv[1]))
+    sys_path, parent_pid, name, init_bytes = pickle.loads(recv_frame(conn))
     sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
@@ -99,14 +101,14 @@ def main() -> None:
             initializer(*initargs)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(exc))
-            conn.send_bytes(pickle.dumps(("init-failed", None, tb)))
+            send_frame(conn, pickle.dumps(("init-failed", None, tb)))
             os._exit(3)
-    conn.send_bytes(pickle.dumps(("ready", os.getpid(), None)))
+    send_frame(conn, pickle.dumps(("ready", os.getpid(), None)))
 
     cache: dict[str, Any] = {}
     while True:
         try:
-            message = conn.recv_bytes()
+            message = recv_frame(conn)
         except (EOFError, OSError):
             break
         key, payload, data, stop_on_error = pickle.loads(message)
@@ -118,16 +120,16 @@ def main() -> None:
                     cache.pop(next(iter(cache)))
                 cache[key] = fn
             if data is None:  # only the function: the caller waits for it to be loaded
-                conn.send_bytes(pickle.dumps(("loaded", None, None)))
+                send_frame(conn, pickle.dumps(("loaded", None, None)))
                 continue
             columns = loads(data)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(exc))
-            conn.send_bytes(pickle.dumps(("unloadable", None, tb)))
+            send_frame(conn, pickle.dumps(("unloadable", None, tb)))
             continue
         result = run_chunk(fn, columns, stop_on_error, name, "compute", True)
         try:
-            conn.send_bytes(_portable_result(result))
+            send_frame(conn, _portable_result(result))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break
     conn.close()

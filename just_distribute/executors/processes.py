@@ -23,7 +23,6 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ class _Worker:
         self.owner = owner
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
-        self.conn: Connection | None = None
+        self.conn: socket.socket | None = None
         self.pid: int | None = None
         self.keys: dict[str, None] = {}  # functions the worker holds, oldest first
         self.killed = False
@@ -62,6 +61,8 @@ class _Worker:
 
     def spawn(self) -> None:
         parent_sock, child_sock = socket.socketpair()
+        _wire.tune_socket(parent_sock)
+        _wire.tune_socket(child_sock)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [_PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])]
@@ -76,15 +77,15 @@ class _Worker:
             )
         finally:
             child_sock.close()
-        self.conn = Connection(parent_sock.detach())
+        self.conn = parent_sock
         self.keys = {}
         self.killed = False
         self.pid = None
         name = f"compute-{self.index}"
-        self.conn.send_bytes(
-            pickle.dumps((list(sys.path), os.getpid(), name, self.owner.init_bytes))
+        _wire.send_frame(
+            self.conn, pickle.dumps((list(sys.path), os.getpid(), name, self.owner.init_bytes))
         )
-        status, pid, tb = pickle.loads(self.conn.recv_bytes())
+        status, pid, tb = pickle.loads(_wire.recv_frame(self.conn))
         if status != "ready":
             self.proc.wait()
             raise _InitializerFailed(
@@ -126,10 +127,11 @@ class _Worker:
         clock starts: a timeout is for the call, not for imports. False if ``fut`` failed."""
         assert self.conn is not None
         try:
-            self.conn.send_bytes(
-                pickle.dumps((payload.key, payload.serialized(), None, False), _wire.PROTOCOL)
+            _wire.send_frame(
+                self.conn,
+                pickle.dumps((payload.key, payload.serialized(), None, False), _wire.PROTOCOL),
             )
-            reply = self.conn.recv_bytes()
+            reply = _wire.recv_frame(self.conn)
         except (EOFError, OSError):
             self._lost(fut)
             return False
@@ -143,48 +145,84 @@ class _Worker:
         self.keys[payload.key] = None
         return True
 
+    def _send(self, item: tuple[Payload, bytes, bool, ChunkFuture]) -> bool:
+        """Start the worker if needed and send it a chunk; False if the chunk is settled."""
+        payload, data, stop_on_error, fut = item
+        if fut.cancelled():
+            return False
+        try:
+            if self.proc is None or self.proc.poll() is not None:
+                # Before the chunk's clock starts: a timeout is for the call, not start-up.
+                self.spawn()
+        except Exception as exc:
+            self.proc, self.conn = None, None
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                fut.set_exception(exc)
+            return False
+        assert self.conn is not None
+        if payload.key not in self.keys and not self._preload(payload, fut):
+            return False
+        # Registered before it counts as started, so that abandon() always finds it.
+        self.owner.running[fut] = self
+        if not fut.mark_started():
+            self.owner.running.pop(fut, None)
+            return False
+        try:
+            first = payload.key not in self.keys
+            _wire.send_frame(
+                self.conn,
+                pickle.dumps(
+                    (payload.key, payload.serialized() if first else None, data, stop_on_error),
+                    protocol=_wire.PROTOCOL,
+                ),
+            )
+        except OSError:
+            self.owner.running.pop(fut, None)
+            self._lost(fut)
+            return False
+        return True
+
     def _loop(self) -> None:
         owner = self.owner
+        sent: ChunkFuture | None = None  # the chunk the worker is running
+        stopping = False
         while True:
-            item = owner.queue.get()
-            if item is None:
-                break
-            payload, data, stop_on_error, fut = item
-            if fut.cancelled():
-                continue
-            try:
-                if self.proc is None or self.proc.poll() is not None:
-                    # Before the chunk's clock starts: a timeout is for the call, not start-up.
-                    self.spawn()
-            except Exception as exc:
-                self.proc, self.conn = None, None
-                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                    fut.set_exception(exc)
-                continue
+            if sent is None:
+                if stopping:
+                    break
+                item = owner.queue.get()
+                if item is None:
+                    break
+                if not self._send(item):
+                    continue
+                sent = item[3]
+            fut = sent
             assert self.conn is not None
-            if payload.key not in self.keys and not self._preload(payload, fut):
-                continue
-            # Registered before it counts as started, so that abandon() always finds it.
-            owner.running[fut] = self
-            if not fut.mark_started():
-                owner.running.pop(fut, None)
-                continue
             try:
-                self.conn.send_bytes(
-                    pickle.dumps(
-                        (payload.key, None, data, stop_on_error), protocol=_wire.PROTOCOL
-                    )
-                )
-                reply = self.conn.recv_bytes()
+                reply = _wire.recv_frame(self.conn)
             except (EOFError, OSError):
-                self._lost(fut)
-                continue
-            finally:
                 owner.running.pop(fut, None)
+                self._lost(fut)
+                sent = None
+                continue
+            owner.running.pop(fut, None)
+            # Hand the worker its next chunk before unpickling this reply, so that the
+            # worker computes while the caller rebuilds the results.
+            sent = None
+            if not stopping:
+                try:
+                    nxt = owner.queue.get_nowait()
+                except queue.Empty:
+                    nxt = None
+                else:
+                    if nxt is None:
+                        stopping = True
+                if nxt is not None and self._send(nxt):
+                    sent = nxt[3]
             self._deliver(reply, fut)
         self.stop()
 
-    def _deliver(self, reply: bytes, fut: ChunkFuture) -> None:
+    def _deliver(self, reply: bytearray, fut: ChunkFuture) -> None:
         try:
             status, *rest = _wire.loads(reply)
         except Exception as exc:

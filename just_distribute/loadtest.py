@@ -210,7 +210,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except (JustDistributeError, OSError, TimeoutError) as exc:
         # The service did not start, or the one at --address cannot be reached.
-        print(f"just-distribute loadtest: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = (
+            f". Is a service running at --address {args.address}? Start one with "
+            "`just-distribute cluster`, or leave out --address to start one per worker count."
+            if args.address is not None and not isinstance(exc, JustDistributeError)
+            else ""
+        )
+        print(f"just-distribute loadtest: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
     print()
     print(format_table(summaries, markdown=False))
@@ -270,7 +276,7 @@ def run_loadtest(
         out: the directory for the files (created if missing).
         address: the scheduler address of a running service to measure instead.
         echo: where the messages go (the dashboard and metrics addresses).
-        progress: show a progress bar over all tasks.
+        progress: show a progress bar for each run (its rate is the run's throughput).
 
     Raises:
         MissingExtraError: dask.distributed or matplotlib is not installed.
@@ -285,28 +291,34 @@ def run_loadtest(
 
     counts: list[int | None] = [None] if address is not None else list(workers or (1, 2, 4))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     records: list[TaskRecord] = []
     run = 0
-    for n in counts:
-        with _service(n, address, echo) as addr, _client(addr) as client:
-            if address is not None:
-                echo(f"service at {addr}")
-                echo(f"  dashboard: {client.dashboard_link}")
-                echo(f"  metrics:   {_metrics_url(client.dashboard_link)}")
-            n_workers, slots = _wait_for_workers(client, n)
-            task_fn = sleep_task if kind == "sleep" else cpu_task
-            # Warm-up: every worker loads the task function before anything is timed.
-            client.gather([client.submit(task_fn, 0.0, pure=False) for _ in range(2 * slots)])
-            for count in tasks:
-                # One bar per run: its rate is the run's throughput, live.
-                with tqdm(total=count, unit="task", desc=f"{n_workers} workers",
-                          disable=not progress, dynamic_ncols=True) as bar:
-                    records.extend(_one_run(
-                        client, task_fn, run, n_workers, slots, count, kind, duration,
-                        bar.update,
-                    ))
-                run += 1
+    try:
+        for n in counts:
+            with _service(n, address, echo) as addr, _client(addr) as client:
+                if address is not None:
+                    echo(f"service at {addr}")
+                    echo(f"  dashboard: {client.dashboard_link}")
+                    echo(f"  metrics:   {_metrics_url(client.dashboard_link)}")
+                n_workers, slots = _wait_for_workers(client, n)
+                task_fn = sleep_task if kind == "sleep" else cpu_task
+                # Warm-up: every worker loads the task function before anything is timed.
+                client.gather(
+                    [client.submit(task_fn, 0.0, pure=False) for _ in range(2 * slots)]
+                )
+                for count in tasks:
+                    # One bar per run: its rate is the run's throughput, live.
+                    with tqdm(total=count, unit="task", desc=f"{n_workers} workers",
+                              disable=not progress, dynamic_ncols=True) as bar:
+                        records.extend(_one_run(
+                            client, task_fn, run, n_workers, slots, count, kind, duration,
+                            bar.update,
+                        ))
+                    run += 1
+    except KeyboardInterrupt:
+        if records:  # keep the runs that finished
+            write_files(out, records)
+        raise
     write_files(out, records)
     return summarize(records)
 
@@ -314,7 +326,7 @@ def run_loadtest(
 def _client(address: str) -> Any:
     from distributed import Client
 
-    return Client(address, timeout="30s")  # type: ignore[no-untyped-call]
+    return Client(address, timeout="10s")  # type: ignore[no-untyped-call]
 
 
 def _wait_for_workers(client: Any, n: int | None) -> tuple[int, int]:
@@ -430,6 +442,7 @@ def write_files(out: Path, records: Sequence[TaskRecord]) -> None:
     """Write results.csv, the three plots and report.md into ``out``."""
     from ._loadtest_files import write_plots_and_report
 
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", records)
     write_plots_and_report(out, records)
 

@@ -176,3 +176,22 @@ def test_defaults() -> None:
     assert (args.workers, args.tasks, args.duration, args.kind) == (None, [50, 200, 1000], 0.05,
                                                                     "sleep")
     assert args.out == Path("loadtest-out") and args.address is None
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_address_is_a_message_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a free port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    code = cli.main(["loadtest", "--address", f"tcp://127.0.0.1:{port}", "--tasks", "5",
+                     "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"tcp://127.0.0.1:{port}" in err and "just-distribute cluster" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing measured, nothing written

@@ -11,10 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ProgressBar", "ProgressCallback", "ProgressOption", "make_progress"]
+from .config import ProgressOption
 
-#: What ``progress=`` accepts: ``True`` for a bar, a callable ``fn(done, total)``, or off.
-ProgressOption = bool | Callable[[int, int | None], None]
+__all__ = ["ProgressBar", "ProgressCallback", "ProgressOption", "make_progress"]
 
 
 class ProgressBar:

@@ -6,8 +6,10 @@ at the Markdown file and line. Markers (documented in docs/contributing-docs.md)
 
 - ``<!-- skip-next: reason -->`` on the line before a fence: that block is not run. Kept rare;
   the number of skips is capped below so that they cannot spread quietly.
-- ``<!-- docs-test: service -->`` anywhere in a page: the page runs against a real function
-  service started by the ``cluster_service`` fixture, with ``JUST_DISTRIBUTE_ADDRESS`` set.
+
+Every page runs with ``JUST_DISTRIBUTE_ADDRESS`` set to the session's function service (the
+``cluster_service`` fixture): ``job="cluster"`` examples connect to it instead of each starting
+an embedded cluster of their own, which costs seconds per page.
 
 Fences other than ```python (```text, ```pycon, ```bash, ```mermaid, ...) are not run.
 """
@@ -33,7 +35,6 @@ MAX_SKIPS = 8
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 _SKIP = re.compile(r"<!--\s*skip-next(?::\s*(?P<reason>.*?))?\s*-->")
-_SERVICE = re.compile(r"<!--\s*docs-test:\s*service\s*-->")
 
 
 @dataclass
@@ -92,7 +93,8 @@ def python_pages() -> list[Path]:
 def _runner(blocks: list[Block]) -> str:
     """A script that runs each block in ``__main__``, compiled under its Markdown position."""
     parts = [
-        "import sys",
+        "import time as _time",
+        "_t0 = _time.perf_counter()",
         "_ns = globals()",
     ]
     for b in blocks:
@@ -100,11 +102,21 @@ def _runner(blocks: list[Block]) -> str:
         source = "\n" * (b.line - 1) + b.code + "\n"
         rel = b.path.relative_to(ROOT)
         parts.append(
-            f"print({f'--- {rel}:{b.line}'!r}, flush=True)\n"
+            f"print({f'--- {rel}:{b.line} at'!r}, f'{{_time.perf_counter() - _t0:.1f}} s', "
+            "flush=True)\n"
             f"exec(compile({source!r}, {str(rel)!r}, 'exec'), _ns)"
         )
     parts.append("print('--- all blocks ran', flush=True)")
     return "\n".join(parts) + "\n"
+
+
+#: Signs in standard error of an example that runs but leaves a mess a user would see.
+NOISE = ("Traceback (most recent call last)", "Task was destroyed", "Exception ignored")
+
+
+def noise(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that show a traceback or an unclean shutdown."""
+    return [line for line in stderr.splitlines() if any(sign in line for sign in NOISE)]
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -129,19 +141,22 @@ def run_page(path: Path, tmp_path: Path, env: dict[str, str]) -> subprocess.Comp
 PAGES = python_pages()
 
 
+@pytest.fixture(scope="module")
+def docs_env(cluster_service: Any) -> dict[str, str]:
+    """The environment of every page: clean, with the session's service as the cluster."""
+    return clean_env({"JUST_DISTRIBUTE_ADDRESS": str(cluster_service.address)})
+
+
 @pytest.mark.timeout(PAGE_TIMEOUT + 30)
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
-def test_page_code_blocks_run(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    extra: dict[str, str] = {}
-    if _SERVICE.search(page.read_text(encoding="utf-8")):
-        service: Any = request.getfixturevalue("cluster_service")
-        extra["JUST_DISTRIBUTE_ADDRESS"] = str(service.address)
-    proc = run_page(page, tmp_path, clean_env(extra))
+def test_page_code_blocks_run(page: Path, tmp_path: Path, docs_env: dict[str, str]) -> None:
+    proc = run_page(page, tmp_path, docs_env)
     assert proc.returncode == 0, (
         f"{page.relative_to(ROOT)}: a code block failed\n--- stdout\n{proc.stdout[-4000:]}"
         f"\n--- stderr\n{proc.stderr[-6000:]}"
     )
     assert proc.stdout.rstrip().endswith("--- all blocks ran")
+    assert not noise(proc.stderr), f"{page.relative_to(ROOT)} is noisy:\n{proc.stderr[-6000:]}"
 
 
 def test_blocks_are_found_and_skips_stay_rare() -> None:

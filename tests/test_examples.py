@@ -1,8 +1,10 @@
 """Every script in examples/ runs as a user would run it, exits 0 and prints what it should.
 
 Each script is run in a fresh interpreter from a temporary working directory, without any
-inherited ``JUST_DISTRIBUTE_*`` variable. ``EXPECTED`` holds, per script, lines its output
-must contain; a script without an entry fails the test, so no example goes unchecked.
+inherited ``JUST_DISTRIBUTE_*`` variable but ``JUST_DISTRIBUTE_ADDRESS``, set to the session's
+function service so that cluster examples do not each start an embedded cluster.
+``EXPECTED`` holds, per script, lines its output must contain; a script without an entry
+fails the test, so no example goes unchecked.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_docs import clean_env
+from test_docs import clean_env, noise
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -60,6 +63,12 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def examples_env(cluster_service: Any) -> dict[str, str]:
+    """A clean environment with the session's function service as the cluster."""
+    return clean_env({"JUST_DISTRIBUTE_ADDRESS": str(cluster_service.address)})
+
+
 def test_every_example_has_expectations() -> None:
     names = {p.name for p in EXAMPLES}
     assert names, "examples/ holds no script"
@@ -71,15 +80,16 @@ def test_every_example_has_expectations() -> None:
 
 @pytest.mark.timeout(TIMEOUT + 30)
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_runs(script: Path, tmp_path: Path) -> None:
+def test_example_runs(script: Path, tmp_path: Path, examples_env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=clean_env(), capture_output=True,
+        [sys.executable, str(script)], cwd=tmp_path, env=examples_env, capture_output=True,
         text=True, timeout=TIMEOUT,
     )
     assert proc.returncode == 0, (
         f"{script.name} exited with {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}"
         f"\n--- stderr\n{proc.stderr[-5000:]}"
     )
+    assert not noise(proc.stderr), f"{script.name} is noisy:\n{proc.stderr[-5000:]}"
     lines = proc.stdout.splitlines()
     for pattern in EXPECTED[script.name]:
         assert any(re.search(pattern, line) for line in lines), (

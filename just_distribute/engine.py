@@ -18,7 +18,13 @@ from typing import Any, Protocol
 
 from ._chunk import ChunkResult
 from .config import Options
-from .errors import CallTimeoutError, RemoteTraceback, SendError, WorkerLostError
+from .errors import (
+    CallTimeoutError,
+    ReceiveError,
+    RemoteTraceback,
+    SendError,
+    WorkerLostError,
+)
 from .executors.base import ChunkFuture, Executor, Payload, RunScope, Task
 from .planning import Plan
 from .report import RunReport
@@ -234,12 +240,14 @@ class _Run:
             result: ChunkResult = fut.result()
         except CancelledError:
             return
-        except WorkerLostError as exc:
+        except (WorkerLostError, ReceiveError) as exc:
             if not ch.isolate and ch.size - ch.offset > 1:
-                # Which call killed the worker? Run the rest one call at a time to find out
-                # (a call killed from outside simply succeeds the second time).
+                # Which call killed the worker (or returned what cannot be rebuilt here)?
+                # Run the rest one call at a time to find out (a call killed from outside
+                # simply succeeds the second time).
                 log.warning(
-                    "a worker died running calls %d-%d of %s; running them one at a time",
+                    "%s running calls %d-%d of %s; running them one at a time",
+                    "a worker died" if isinstance(exc, WorkerLostError) else "a result was lost",
                     ch.start + ch.offset, ch.start + ch.size - 1, self.plan.name,
                 )
                 ch.isolate = True

@@ -23,7 +23,7 @@ import pytest
 
 from just_distribute import distribute
 from just_distribute.config import resolve_options
-from just_distribute.errors import SendError, WorkerLostError
+from just_distribute.errors import ReceiveError, SendError, WorkerLostError
 from just_distribute.executors import get_executor
 from just_distribute.executors.processes import ProcessExecutor
 
@@ -335,4 +335,25 @@ def test_an_exception_that_cannot_be_rebuilt_costs_only_its_call() -> None:
     assert "raised by call 4: raise_picky(x=4)" in "\n".join(info.value.__notes__)
     out = f.with_options(on_error="return")(range(8))
     assert isinstance(out[4], RuntimeError)
+    assert [v for i, v in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]
+
+
+def return_lock_on_four(x: int) -> Any:
+    return threading.Lock() if x == 4 else x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("job", ["compute", "cluster"])
+def test_a_result_that_cannot_be_sent_back_costs_only_its_call(
+    job: str, request: pytest.FixtureRequest
+) -> None:
+    where: dict[str, Any] = {"workers": WORKERS}
+    if job == "cluster":
+        where = {"address": request.getfixturevalue("cluster_address")}
+    f = distribute(return_lock_on_four, job=job, chunksize=3, **where)
+    with pytest.raises(ReceiveError, match=r"result of this call \(lock\)") as info:
+        f(range(8))
+    assert "raised by call 4: return_lock_on_four(x=4)" in "\n".join(info.value.__notes__)
+    out = f.with_options(on_error="return")(range(8))
+    assert isinstance(out[4], ReceiveError)
     assert [v for i, v in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]

@@ -29,10 +29,15 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def _portable_result(result: Any) -> bytes:
-    """Pickle an outcome; replace what cannot be pickled by a description of it."""
+def _portable_result(result: Any, stop_on_error: bool) -> bytes:
+    """Pickle an outcome; replace what cannot be pickled by a description of it.
+
+    A result that cannot be sent back becomes the error of its own call (a
+    :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
+    """
     from just_distribute._chunk import CallError, ChunkResult
     from just_distribute._wire import dumps, loads
+    from just_distribute.errors import ReceiveError
 
     try:
         data = dumps(("ok", result))
@@ -53,6 +58,18 @@ def _portable_result(result: Any) -> bytes:
             errors.append(CallError(err.at, stand_in, err.tb))
     stand_ins = {e.at: e.exc for e in errors}
     values = [stand_ins.get(i, v) for i, v in enumerate(result.values)]
+    for i, value in enumerate(values):
+        if i not in stand_ins and not _picklable(value):
+            values[i] = ReceiveError(
+                f"the result of this call ({type(value).__qualname__}) cannot be sent back "
+                f"to the caller: {_why(value)}. Return plain data (numbers, strings, lists, "
+                f"dicts, arrays) instead of objects bound to this process (files, locks, "
+                f"sockets)."
+            )
+            errors.append(CallError(i, values[i], None))
+    errors.sort(key=lambda e: e.at)
+    if stop_on_error and errors:  # the caller acts on the first error only
+        values, errors = values[: errors[0].at], errors[:1]
     patched = ChunkResult(values, errors, result.worker, result.started, result.ended)
     try:
         return dumps(("ok", patched))
@@ -70,6 +87,16 @@ def _portable_result(result: Any) -> bytes:
              f"{type(exc).__name__}: {exc}. Return plain data (numbers, strings, lists, dicts, "
              f"arrays) instead of objects bound to this process (files, locks, sockets).")
         )
+
+
+def _why(value: Any) -> str:
+    from just_distribute._wire import dumps
+
+    try:
+        dumps(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "?"
 
 
 def _picklable(value: Any) -> bool:
@@ -129,7 +156,7 @@ def main() -> None:
             continue
         result = run_chunk(fn, columns, stop_on_error, name, "compute", True)
         try:
-            send_frame(conn, _portable_result(result))
+            send_frame(conn, _portable_result(result, stop_on_error))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break
     conn.close()

@@ -102,7 +102,8 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
         name = str(get_worker().name)
     except ValueError:
         name = "dask"
-    return _portable_result(run_chunk(fn, columns, stop_on_error, name, "cluster", True))
+    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True)
+    return _portable_result(result, stop_on_error)
 
 
 # -- the caller side ----------------------------------------------------------------------

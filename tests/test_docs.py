@@ -250,6 +250,17 @@ def test_no_registry_host_is_named() -> None:
         assert not found, f"{path.relative_to(ROOT)} names {found}"
 
 
+def test_reference_documents_every_public_name() -> None:
+    import just_distribute
+
+    page = (DOCS / "reference.md").read_text(encoding="utf-8")
+    documented = {line.split(".")[-1].strip() for line in page.splitlines()
+                  if line.startswith("::: ")}
+    public = set(just_distribute.__all__) - {"__version__"}
+    missing = sorted(public - documented)
+    assert not missing, f"docs/reference.md has no entry for {missing}"
+
+
 if __name__ == "__main__":  # a quick manual run: python tests/test_docs.py PAGE.md
     for name in sys.argv[1:]:
         import tempfile

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 __all__ = [
+    "Apply",
+    "AsyncApply",
     "AsyncResult",
     "IMapIterator",
     "Initialized",
@@ -74,6 +76,28 @@ class AsyncStar(Star):
 
     async def __call__(self, args: Iterable[Any]) -> Any:
         return await self.fn(*args)
+
+
+class Apply:
+    """``fn(*args, **kwargs)`` for one ``(args, kwargs)`` pair: one call of ``apply``.
+
+    The function travels once, in the payload; each call's arguments travel as data.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        return self.fn(*call[0], **call[1])
+
+
+class AsyncApply(Apply):
+    """:class:`Apply` for an ``async def`` function on the web job."""
+
+    async def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        return await self.fn(*call[0], **call[1])
 
 
 _initialized: set[str] = set()

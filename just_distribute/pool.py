@@ -19,17 +19,20 @@ Differences worth knowing, each deliberate:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ._chunk import AsyncOneCall, BlockingCall, ChunkResult, OneCall
+from ._chunk import BlockingCall
+from ._pool_apply import ApplyQueue
 from ._pool_support import (
     JOIN_TIMEOUT,
+    Apply,
+    AsyncApply,
     AsyncResult,
     AsyncStar,
     IMapIterator,
@@ -46,8 +49,6 @@ from .config import Options, ProgressOption, resolve_options
 from .engine import decorate_error, execute
 from .executors import (
     Payload,
-    RunScope,
-    Task,
     canonical_job,
     create_executor,
     get_executor,
@@ -63,6 +64,7 @@ log = logging.getLogger("just_distribute")
 T = TypeVar("T")
 #: Jobs whose executors run ``initializer`` themselves, once per worker.
 _NATIVE_INITIALIZER = frozenset({"compute", "io", "web"})
+_PAYLOAD_CACHE = 32  # functions whose apply() payload is kept (each is sent once per worker)
 
 
 def _check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -171,7 +173,11 @@ class Pool:
         self._active = 0
         self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self._notifier = Notifier()
-        self._finalizer = weakref.finalize(self, _finalize, self._executor, self._notifier)
+        self._payloads: dict[Callable[..., Any], Payload] = {}
+        self._applies = ApplyQueue(self._executor, self._notifier, _note_call)
+        self._finalizer = weakref.finalize(
+            self, _finalize, self._executor, self._notifier, self._applies
+        )
 
     def __repr__(self) -> str:
         return (
@@ -208,6 +214,23 @@ class Pool:
             assert init is not None
             fn = Initialized(fn, init, self._options.initargs, self._initialized)
         return fn
+
+    def _apply_payload(self, func: Callable[..., Any]) -> Payload:
+        """The payload of ``apply`` calls of ``func``: made, and sent to a worker, once."""
+        with self._cond:
+            try:
+                payload = self._payloads.get(func)
+            except TypeError:  # unhashable callable: no caching
+                payload = None
+        if payload is None:
+            target = self._wrap(func)
+            payload = Payload(AsyncApply(target) if is_async(target) else Apply(target),
+                              _name(func))
+            with self._cond, contextlib.suppress(TypeError):
+                if len(self._payloads) >= _PAYLOAD_CACHE:
+                    del self._payloads[next(iter(self._payloads))]
+                self._payloads[func] = payload
+        return payload
 
     def _plan(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
               materialize: bool) -> Plan:
@@ -355,37 +378,10 @@ class Pool:
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__} {func!r}")
         call_args, call_kwds = _check_apply(args, kwds)
-        target = self._wrap(func)
-        maker = AsyncOneCall if is_async(target) else OneCall
-        name = _name(func)
-        describe = ", ".join(
-            [short_repr(a) for a in call_args]
-            + [f"{k}={short_repr(v)}" for k, v in call_kwds.items()]
-        )
+        payload = self._apply_payload(func)
         self._begin()
         result: AsyncResult[T] = AsyncResult(self, callback, error_callback)
-        scope = RunScope()
-        notifier = self._notifier
-        task = Task(Payload(maker(target, call_args, call_kwds), name), ([None],), True, scope)
-        try:
-            fut = self._executor.submit(task)
-        except Exception as exc:
-            notifier.post(result, None, exc)
-            return result
-
-        def done(f: Future[ChunkResult]) -> None:
-            scope.close()
-            if f.cancelled():
-                notifier.post(result, None, terminated())
-            elif (exc := f.exception()) is not None:
-                notifier.post(result, None, decorate_error(exc, None, 0, name, describe))
-            elif (outcome := f.result()).errors:
-                err = outcome.errors[0]
-                notifier.post(result, None, decorate_error(err.exc, err.tb, 0, name, describe))
-            else:
-                notifier.post(result, outcome.values[0], None)
-
-        fut.add_done_callback(done)
+        self._applies.put(payload, (call_args, call_kwds), result)
         return result
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
@@ -409,6 +405,7 @@ class Pool:
         """Stop now: pending results fail with :class:`PoolTerminatedError`, workers stop."""
         with self._cond:
             self._state = "TERMINATE"
+        self._applies.close()
         self._executor.fail_all()
         for stream in list(self._streams):
             stream.abort(terminated())
@@ -446,8 +443,13 @@ class Pool:
         self.terminate()
 
 
-def _finalize(executor: OwnedExecutor, notifier: Notifier) -> None:
+def _note_call(exc: BaseException, tb: str | None, name: str, call: str) -> BaseException:
+    return decorate_error(exc, tb, 0, name, call)
+
+
+def _finalize(executor: OwnedExecutor, notifier: Notifier, applies: ApplyQueue) -> None:
     """Release a pool's workers (terminate(), join(), garbage collection, exit)."""
+    applies.close()
     executor.fail_all()
     notifier.stop()
     # Worker processes are killed and reaped; a thread cannot be killed, so waiting for

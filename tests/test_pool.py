@@ -275,6 +275,7 @@ def test_web_and_serial_jobs(tmp_path: Path) -> None:
     with Pool(job="serial", initializer=record_worker, initargs=(str(tmp_path),)) as serial:
         assert serial.map(who_am_i, range(3)) == [(_identity(), True)] * 3
         assert serial.apply(async_square, (3,)) == 9
+        assert serial.apply(who_am_i, (0,)) == (_identity(), True)
     assert len(list(tmp_path.iterdir())) == 1
 
 

@@ -194,6 +194,30 @@ def test_apply_and_apply_async(pool: Pool) -> None:
     assert any("fail_on_three(3)" in note for note in info.value.__notes__)
 
 
+def test_many_apply_async_get_their_own_results_and_errors(pool: Pool) -> None:
+    results = [pool.apply_async(fail_on_three, (i % 5,)) for i in range(300)]
+    for i, result in enumerate(results):
+        if i % 5 == 3:
+            with pytest.raises(ValueError, match="three is bad") as info:
+                result.get(timeout=60)
+            assert info.value.__notes__ == [
+                "just_distribute: raised by call 0: fail_on_three(3)"
+            ]
+        else:
+            assert result.get(timeout=60) == i % 5
+
+
+def test_an_unsendable_argument_fails_only_its_own_apply(pool: Pool) -> None:
+    results = [pool.apply_async(add, (i, 1)) for i in range(50)]
+    bad = pool.apply_async(add, (threading.Lock(), 1))
+    results += [pool.apply_async(add, (i, 2)) for i in range(50)]
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(50)] + [
+        i + 2 for i in range(50)
+    ]
+    with pytest.raises(TypeError):  # SendError on processes, the + itself in threads
+        bad.get(timeout=60)
+
+
 # -- life cycle -----------------------------------------------------------------------------
 def test_close_refuses_new_work_and_join_waits_for_the_rest(
     job_address: tuple[str, str | None],

@@ -6,7 +6,7 @@ certificate for a quick start; the same files then serve the scheduler, the work
 client. Clients name them with ``tls=`` (or ``JUST_DISTRIBUTE_TLS``):
 
 - a directory holding ``ca.pem``, ``cert.pem`` and ``key.pem`` (what ``--tls`` writes),
-- a mapping ``{"ca": ..., "cert": ..., "key": ...}`` of file paths, or a :class:`TlsFiles`,
+- a :class:`TlsFiles` or a plain ``(ca, cert, key)`` tuple of file paths,
 - a ``distributed.Security`` object, used as it is.
 """
 
@@ -16,7 +16,7 @@ import datetime
 import ipaddress
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -138,7 +138,7 @@ def generate(directory: str | os.PathLike[str], hosts: Iterable[str] = ()) -> Tl
 
 
 def resolve(tls: Any) -> TlsFiles | None:
-    """Turn a ``tls=`` value (directory, mapping, tuple, None) into checked file paths.
+    """Turn a ``tls=`` value (directory, ``(ca, cert, key)`` tuple, None) into checked paths.
 
     Raises:
         TypeError: an unsupported kind of value.
@@ -156,20 +156,12 @@ def resolve(tls: Any) -> TlsFiles | None:
                 f"`just-distribute cluster --tls` (it holds {CA_FILE}, {CERT_FILE}, {KEY_FILE})"
             )
         files = TlsFiles(*(str(folder / n) for n in (CA_FILE, CERT_FILE, KEY_FILE)))
-    elif isinstance(tls, Mapping):
-        unknown = set(tls) - {"ca", "cert", "key"}
-        if unknown or not {"ca", "cert", "key"} <= set(tls):
-            raise TypeError(
-                f'tls= as a mapping needs exactly the keys "ca", "cert" and "key", got '
-                f"{sorted(tls)}"
-            )
-        files = TlsFiles(str(tls["ca"]), str(tls["cert"]), str(tls["key"]))
     elif isinstance(tls, tuple) and len(tls) == 3:
         files = TlsFiles(*(str(p) for p in tls))
     else:
         raise TypeError(
-            "tls= takes a directory (from `just-distribute cluster --tls`), a mapping with "
-            f'"ca", "cert", "key" file paths, or a distributed.Security; got {type(tls).__name__}'
+            "tls= takes a directory (from `just-distribute cluster --tls`), a (ca, cert, key) "
+            f"tuple of file paths, or a distributed.Security; got {type(tls).__name__}"
         )
     for role, path in files._asdict().items():
         if not Path(path).is_file():

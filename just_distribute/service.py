@@ -73,7 +73,7 @@ def tls_from_args(args: argparse.Namespace) -> _tls.TlsFiles | None:
     if any(given):
         if not all(given):
             raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
-        return _tls.resolve({"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key})
+        return _tls.resolve((args.tls_ca, args.tls_cert, args.tls_key))
     if args.tls:
         extra = [args.host] if getattr(args, "host", None) else []
         return _tls.generate(args.tls_dir, extra)
@@ -340,7 +340,7 @@ def start_service(
         port: the scheduler port (0: a free one).
         dashboard_port: the dashboard and /metrics port (0: a free one).
         tls: None for plain TCP; True to make a private CA in a temporary directory; or a
-            directory / mapping of ``ca``, ``cert``, ``key`` files (see ``tls=``).
+            directory or ``(ca, cert, key)`` tuple of files (see ``tls=``).
 
     Returns:
         A :class:`ServiceHandle` (a context manager that stops the service on exit).
@@ -402,7 +402,7 @@ def start_service(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         log_file.seek(0)
-        tail = log_file.read()[-3000:]
+        tail = log_file.read()[-8000:]
         log_file.close()
         if isinstance(exc, JustDistributeError):
             raise JustDistributeError(f"{exc}. Its log ends with:\n{tail}") from None

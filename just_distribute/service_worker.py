@@ -48,7 +48,7 @@ def _tls_files(args: argparse.Namespace) -> _tls.TlsFiles | None:
     if any(given):
         if not all(given):
             raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
-        return _tls.resolve({"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key})
+        return _tls.resolve((args.tls_ca, args.tls_cert, args.tls_key))
     if args.tls_dir:
         return _tls.resolve(args.tls_dir)
     if args.address.startswith("tls://") and os.environ.get("JUST_DISTRIBUTE_TLS"):

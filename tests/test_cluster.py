@@ -18,7 +18,7 @@ from pathlib import Path
 import distributed
 import psutil
 import pytest
-from fixtures_cluster import EMBEDDED_WORKERS
+from fixtures_cluster import EMBEDDED_WORKERS, SERVICE_WORKERS
 
 from just_distribute import (
     ClusterUnreachableError,
@@ -276,5 +276,8 @@ def test_worker_killed_mid_run_completes_or_fails_clearly(
     thread.join(5)
     assert killed, "the worker was never killed: the test did not test anything"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == "zombie"
-    # The nanny replaces the worker: the service still serves.
+    # The nanny replaces the worker: the service serves on, at full strength again.
     assert distribute(job="cluster", address=cluster_address)(square)(range(3)) == [0, 1, 4]
+    with distributed.Client(cluster_address, set_as_default=False, timeout=30) as client:
+        client.wait_for_workers(SERVICE_WORKERS, timeout=60)
+        assert len(client.scheduler_info()["workers"]) == SERVICE_WORKERS

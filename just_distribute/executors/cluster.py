@@ -254,16 +254,18 @@ class ClusterExecutor(Executor):
                 set_as_default=False,
             )
         except (OSError, TimeoutError) as exc:
+            tls_trouble = address.startswith("tls://") or "certificate" in str(exc).lower()
             hint = (
-                " The scheduler serves TLS: pass tls= (the directory from `just-distribute "
-                "cluster --tls`) or set JUST_DISTRIBUTE_TLS."
-                if address.startswith("tls://") or "ssl" in str(exc).lower()
+                " The scheduler serves TLS and refused this client: pass tls= with the "
+                "certificates of this service (the directory from `just-distribute cluster "
+                "--tls`) or set JUST_DISTRIBUTE_TLS."
+                if tls_trouble
                 else " Is it running? Start one with `just-distribute cluster`, or fix address= "
-                "(or JUST_DISTRIBUTE_ADDRESS)."
+                "(or JUST_DISTRIBUTE_ADDRESS); a TLS service needs its tls:// address and tls=."
             )
             raise ClusterUnreachableError(
-                f"no dask scheduler answered at {address} within {self._connect_timeout}s "
-                f"(connect_timeout=): {type(exc).__name__}: {exc}.{hint}"
+                f"cannot reach the dask scheduler at {address} (connect_timeout="
+                f"{self._connect_timeout}s): {type(exc).__name__}: {exc}.{hint}"
             ) from exc
         log.info("job 'cluster': connected to the dask scheduler at %s", address)
         return client

@@ -415,6 +415,11 @@ class ClusterExecutor(Executor):
                 self._outcomes.put(None)
                 self._settler = None
         if client is not None:
+            # Closing can race dask's own batched sends, which dask reports at INFO level on
+            # standard error ("Batched Comm Closed"): expected here, so kept quiet.
+            dask_log = logging.getLogger("distributed")
+            level = dask_log.level
+            dask_log.setLevel(max(level, logging.WARNING))
             try:
                 # Abandoned tasks still running would call back into a closed client.
                 if pending:
@@ -422,6 +427,8 @@ class ClusterExecutor(Executor):
                 client.close(timeout=10)
             except Exception as exc:  # best effort: the cluster may be gone already
                 log.debug("closing the dask client: %s", exc)
+            finally:
+                dask_log.setLevel(level)
         if service is not None:
             service.stop()
 

@@ -62,8 +62,10 @@ __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 log = logging.getLogger("just_distribute")
 
 T = TypeVar("T")
-#: Jobs whose executors run ``initializer`` themselves, once per worker.
-_NATIVE_INITIALIZER = frozenset({"compute", "io", "web"})
+#: Jobs whose executors run ``initializer`` themselves, once per worker. Where workers are
+#: processes, the pool runs it instead (see Initialized): the first call in each process
+#: runs it, sharing the globals of a ``__main__`` script with the function.
+_NATIVE_INITIALIZER = frozenset({"io", "web"})
 _PAYLOAD_CACHE = 32  # functions whose apply() payload is kept (each is sent once per worker)
 
 
@@ -153,18 +155,21 @@ class Pool:
         # Errors follow multiprocessing: the first one is raised, never returned as a value.
         self._options: Options = resolve_options(explicit).replace(on_error="raise")
         options = self._options
-        owned = isinstance(options.job, str)
-        if owned and canonical_job(options.job) == "cluster" and options.address is None:
+        name = canonical_job(options.job) if isinstance(options.job, str) else None
+        native = name in _NATIVE_INITIALIZER
+        plain = options if native else options.replace(initializer=None, initargs=())
+        owned = name is not None
+        if name == "cluster" and options.address is None:
             # The embedded cluster is a process tree that takes seconds to start: share the
             # registry's, as every distributed function does (it stops at exit).
             owned = False
-            inner = get_executor(options.replace(initializer=None, initargs=()))
+            inner = get_executor(plain)
         else:
-            inner = create_executor(options) if owned else get_executor(options)
+            inner = create_executor(plain) if owned else get_executor(plain)
         self._initialized: str | None = None
         if initializer is not None and inner.name == "serial":
             initializer(*options.initargs)  # the caller's thread is the one worker
-        elif initializer is not None and inner.name not in _NATIVE_INITIALIZER:
+        elif initializer is not None and not native:
             self._initialized = uuid.uuid4().hex  # wrap every call: see Initialized
         self._executor = OwnedExecutor(inner, owned)
         self._processes = inner.workers
@@ -207,12 +212,12 @@ class Pool:
 
     def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
         fn: Callable[..., Any] = func
-        if is_async(func) and self._executor.name != "web":
-            fn = BlockingCall(func)
         if self._initialized is not None:
             init = self._options.initializer
             assert init is not None
-            fn = Initialized(fn, init, self._options.initargs, self._initialized)
+            fn = Initialized(func, init, self._options.initargs, self._initialized)
+        if is_async(func) and self._executor.name != "web":
+            fn = BlockingCall(fn)
         return fn
 
     def _apply_payload(self, func: Callable[..., Any]) -> Payload:

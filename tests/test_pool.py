@@ -7,6 +7,8 @@ import logging
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -286,6 +288,41 @@ def test_initializer_runs_once_in_each_worker(
     assert {me for me, _ in seen} <= set(records)
     if job != "cluster":  # a cluster has its own size
         assert len(records) <= 2
+
+
+_MAIN_SCRIPT = """
+import os, sys
+from just_distribute import Pool
+
+def load(tag):
+    global MODEL  # the usual pattern: load something once per worker into a global
+    MODEL = (tag, os.getpid())
+
+def predict(x):
+    return MODEL[0] * x, MODEL[1]
+
+if __name__ == "__main__":
+    job, address = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    with Pool(2, load, (10,), job=job, address=address) as pool:
+        mapped = pool.map(predict, range(20), chunksize=1)
+        applied = pool.apply(predict, (5,))
+        again = list(pool.imap(lambda x: predict(x)[0], range(3)))
+    assert [value for value, _ in mapped] == [10 * x for x in range(20)], mapped
+    assert applied[0] == 50 and again == [0, 10, 20]
+    print("workers", len({pid for _, pid in mapped + [applied]}))
+"""
+
+
+def test_initializer_globals_reach_the_functions_of_a_main_script(
+    job_address: tuple[str, str | None], tmp_path: Path
+) -> None:
+    script = tmp_path / "main_script.py"
+    script.write_text(_MAIN_SCRIPT)
+    job, address = job_address
+    argv = [sys.executable, str(script), job] + ([address] if address else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("workers ")
 
 
 # -- the other jobs, arguments, and what is refused ----------------------------------------

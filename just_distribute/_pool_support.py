@@ -33,6 +33,7 @@ __all__ = [
     "AsyncResult",
     "IMapIterator",
     "Initialized",
+    "InlineStream",
     "Notifier",
     "OwnedExecutor",
     "PoolTerminatedError",
@@ -455,6 +456,49 @@ class Stream:
             for key, value in flags.items():
                 setattr(self, key, value)
             self.cond.notify_all()
+
+
+class InlineStream(Stream):
+    """The stream of ``imap`` on the serial job: the consumer's own thread runs the calls."""
+
+    def __init__(self, run: Iterator[list[Any]], done: Callable[[], None]) -> None:
+        super().__init__(limit=0)
+        self.run = run
+        self.done = done
+
+    def get(self, timeout: float | None) -> list[Any]:
+        """Run the next chunk here and now (``timeout`` cannot apply: nothing runs alone)."""
+        if not self.parts and not self.finished:
+            try:
+                self.parts.append(next(self.run))
+            except BaseException as exc:
+                self._end(None if isinstance(exc, StopIteration) else exc)
+        return super().get(0)
+
+    def set(self, **flags: bool) -> None:
+        """``unbounded`` (join): run everything now; ``stopped``: end without running more."""
+        if flags.get("unbounded"):
+            while not self.finished:
+                try:
+                    self.parts.append(next(self.run))
+                except BaseException as exc:
+                    self._end(None if isinstance(exc, StopIteration) else exc)
+        if flags.get("stopped"):
+            self._end(None)
+
+    def abort(self, error: BaseException) -> None:
+        """End now; the consumer gets what was run, then ``error``."""
+        self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self.finished:
+            return
+        self.finish(error)
+        with contextlib.suppress(ValueError):  # running in another thread: it ends itself
+            close = getattr(self.run, "close", None)
+            if close is not None:
+                close()
+        self.done()
 
 
 def produce(stream: Stream, run: Iterator[list[Any]], done: Callable[[], None]) -> None:

@@ -37,6 +37,7 @@ from ._pool_support import (
     AsyncStar,
     IMapIterator,
     Initialized,
+    InlineStream,
     Notifier,
     OwnedExecutor,
     PoolTerminatedError,
@@ -291,7 +292,10 @@ class Pool:
             else:
                 notifier.post(result, values, None)
 
-        threading.Thread(target=drive, name="just_distribute-pool-map", daemon=True).start()
+        if self._executor.name == "serial":
+            drive()  # the caller's thread is the one worker (pdb, profilers)
+        else:
+            threading.Thread(target=drive, name="just_distribute-pool-map", daemon=True).start()
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
@@ -342,13 +346,17 @@ class Pool:
               ordered: bool, progress: ProgressOption) -> IMapIterator[T]:
         plan = self._plan(func, iterable, False, materialize=False)
         self._begin()
-        stream = Stream(limit=1)
-        self._streams.add(stream)
         run = self._run(plan, chunksize, ordered, progress)
-        threading.Thread(
-            target=produce, args=(stream, run, self._release),
-            name="just_distribute-pool-imap", daemon=True,
-        ).start()
+        stream: Stream
+        if self._executor.name == "serial":
+            stream = InlineStream(run, self._release)  # the caller's thread runs the calls
+        else:
+            stream = Stream(limit=1)
+            threading.Thread(
+                target=produce, args=(stream, run, self._release),
+                name="just_distribute-pool-imap", daemon=True,
+            ).start()
+        self._streams.add(stream)
         return IMapIterator(stream, self)
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],

@@ -337,6 +337,14 @@ def test_web_and_serial_jobs(tmp_path: Path) -> None:
         assert serial.map(who_am_i, range(3)) == [(_identity(), True)] * 3
         assert serial.apply(async_square, (3,)) == 9
         assert serial.apply(who_am_i, (0,)) == (_identity(), True)
+        # Every form runs in the caller's own thread, as the serial job promises.
+        assert list(serial.imap(who_am_i, iter(range(3)))) == [(_identity(), True)] * 3
+        assert serial.map_async(who_am_i, [0]).get(timeout=10) == [(_identity(), True)]
+    serial = Pool(job="serial")
+    unread = serial.imap_unordered(square, iter(range(4)))
+    serial.close()
+    serial.join()  # runs what is left, here, instead of waiting for a reader forever
+    assert sorted(unread) == [0, 1, 4, 9]
     assert len(list(tmp_path.iterdir())) == 1
 
 

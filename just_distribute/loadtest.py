@@ -323,10 +323,22 @@ def run_loadtest(
     return summarize(records)
 
 
-def _client(address: str) -> Any:
+@contextlib.contextmanager
+def _client(address: str) -> Iterator[Any]:
     from distributed import Client
 
-    return Client(address, timeout="10s")  # type: ignore[no-untyped-call]
+    client: Any = Client(address, timeout="10s")  # type: ignore[no-untyped-call]
+    try:
+        yield client
+    finally:
+        # Closing can race dask's batched sends, which dask reports at INFO on stderr.
+        dask_log = logging.getLogger("distributed")
+        level = dask_log.level
+        dask_log.setLevel(max(level, logging.WARNING))
+        try:
+            client.close(timeout=10)
+        finally:
+            dask_log.setLevel(level)
 
 
 def _wait_for_workers(client: Any, n: int | None) -> tuple[int, int]:

@@ -126,6 +126,7 @@ def test_the_command_prints_addresses_table_and_progress(small_run: Run) -> None
     assert len(re.findall(r"metrics: +http://\S+/metrics", out)) == 2
     assert "tasks/s" in out and "efficiency" in out
     assert "20/20" in small_run.err  # the progress bar reached the end
+    assert "Traceback" not in small_run.err
 
 
 def test_summaries_read_back_from_the_csv(small_run: Run) -> None:

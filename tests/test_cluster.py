@@ -21,6 +21,7 @@ import pytest
 from fixtures_cluster import EMBEDDED_WORKERS, SERVICE_WORKERS
 
 from just_distribute import (
+    CallTimeoutError,
     ClusterUnreachableError,
     WorkerLostError,
     distribute,
@@ -237,6 +238,21 @@ def test_embedded_cluster_is_started_once_and_reused() -> None:
     assert service is not None and service.running
     assert service.address.startswith("tcp://127.0.0.1:")
     assert ex.workers == EMBEDDED_WORKERS
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.timeout(90)
+def test_timeouts_count_from_the_start_not_the_queue(cluster_address: str) -> None:
+    f = distribute(job="cluster", address=cluster_address, timeout=1.5)(nap)
+    # 8 naps of 0.4 s on 2 workers: the last ones wait ~1.2 s in the queue, within budget
+    # only if the clock starts when they start.
+    assert f([0.4] * 8) == [0.4] * 8
+    with pytest.raises(CallTimeoutError, match="call 1 of nap"):
+        f([0.1, 2.5])
 
 
 def slow_marked(x: int, marker: str) -> int:

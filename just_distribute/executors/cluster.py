@@ -19,9 +19,9 @@ Nesting: a call made from inside a cluster task (a distributed function calling 
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
-Timeouts: dask does not say when a queued task starts, so the ``timeout=`` clock of a
-chunk starts when it is handed to the scheduler; and a running dask task cannot be
-stopped, so a timed-out call is abandoned (its result ignored) rather than killed.
+Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
+clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
+task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ log = logging.getLogger("just_distribute")
 #: Payloads (function + keyword constants) larger than this are scattered once per run.
 SCATTER_BYTES = 256 * 1024
 _WORKER_CACHE_SIZE = 8
+#: The dask event topic on which a worker announces that it starts a chunk.
+START_TOPIC = "just-distribute-chunk-started"
 _worker_cache: OrderedDict[str, Any] = OrderedDict()
 _worker_lock = threading.Lock()
 
@@ -99,9 +101,14 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
         tb = traceback.format_exc()
         return _wire.dumps(("unloadable", None, tb))
     try:
-        name = str(get_worker().name)
+        worker = get_worker()
     except ValueError:
         name = "dask"
+    else:
+        name = str(worker.name)
+        # Tell the caller the chunk starts now: its timeout= clock starts here, not when
+        # the chunk was queued.
+        worker.log_event(START_TOPIC, worker.get_current_task())
     result = run_chunk(fn, columns, stop_on_error, name, "cluster", True)
     return _portable_result(result, stop_on_error)
 
@@ -168,6 +175,8 @@ class ClusterExecutor(Executor):
         self._service: Any = None
         self._scattered: dict[str, Any] = {}
         self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
+        self._started_by_key: dict[str, ChunkFuture] = {}  # chunks not yet started
+        self._subscribed = False
         self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str, bool, Any] | None] = (
             queue.SimpleQueue()
         )
@@ -217,13 +226,29 @@ class ClusterExecutor(Executor):
             user = self._user_client()
             if user is None:
                 raise JustDistributeError("the dask Client passed as job= no longer exists")
+            with self._lock:
+                if not self._subscribed:
+                    self._subscribe(user)
+                    self._subscribed = True
             return user
         with self._lock:
             if self._closed:
                 raise JustDistributeError("this cluster executor was shut down")
             if self._client is None:
-                self._client = self._connect()
+                client = self._connect()
+                self._subscribe(client)
+                self._client = client
             return self._client
+
+    def _subscribe(self, client: Any) -> None:
+        started = self._started_by_key
+
+        def on_start(event: Any) -> None:
+            fut = started.pop(event[1], None)
+            if fut is not None:
+                fut.started_at = time.monotonic()
+
+        client.subscribe_topic(START_TOPIC, on_start)
 
     def _connect(self) -> Any:
         distributed = _import_distributed()
@@ -309,6 +334,8 @@ class ClusterExecutor(Executor):
         )
         fut = _DaskChunkFuture(dask_future)
         fut.mark_started()
+        fut.started_at = None  # set when the worker announces the start (see _subscribe)
+        self._started_by_key[key] = fut
         name = task.payload.name
         self._pending[id(dask_future)] = dask_future
         self._watch(client, dask_future, fut, name)
@@ -347,6 +374,7 @@ class ClusterExecutor(Executor):
 
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
+        self._started_by_key.pop(dask_future.key, None)
         if ok:
             try:
                 outcome = _wire.loads(value)

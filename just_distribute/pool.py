@@ -10,9 +10,17 @@ Differences worth knowing, each deliberate:
 - ``imap``/``imap_unordered`` read the input lazily and keep a bounded number of calls in
   flight (the standard library reads the whole input at once). Their default ``chunksize``
   is chosen by the engine from measured call times instead of 1.
-- After an error, an ``imap`` iterator ends: the calls still in flight are cancelled.
+- ``imap`` yields the results before a failed call, then raises its error and ends: the
+  calls still in flight are cancelled.
+- ``apply_async`` calls made while the workers are busy travel to them together, so a loop
+  of thousands of them costs few round trips (see :mod:`just_distribute._pool_apply`).
 - ``terminate()`` fails every pending result with :class:`PoolTerminatedError` instead of
-  leaving it unready forever.
+  leaving it unready forever, and stops the calls still running where the job can (worker
+  processes are killed; threads cannot be).
+- On process jobs (compute, cluster) the ``initializer`` runs before the first call in
+  each worker process, with the globals of a ``__main__`` script shared with the
+  functions, so ``global model; model = load()`` works as it does with ``multiprocessing``.
+- On the serial job every method runs in the caller's thread, ``imap`` as it is read.
 - ``maxtasksperchild`` is accepted and ignored with a logged warning: workers live as long
   as the pool (a worker process that dies is replaced at once).
 """
@@ -29,21 +37,18 @@ from typing import Any, TypeVar
 
 from ._chunk import BlockingCall
 from ._pool_apply import ApplyQueue
+from ._pool_stream import IMapIterator, InlineStream, Stream, produce
 from ._pool_support import (
     JOIN_TIMEOUT,
     Apply,
     AsyncApply,
     AsyncResult,
     AsyncStar,
-    IMapIterator,
     Initialized,
-    InlineStream,
     Notifier,
     OwnedExecutor,
     PoolTerminatedError,
     Star,
-    Stream,
-    produce,
     terminated,
 )
 from .config import Options, ProgressOption, resolve_options
@@ -102,9 +107,12 @@ class Pool:
         processes: the number of workers (default: the job's default). On the cluster job
             it sizes the embedded cluster; a cluster at ``address`` has its own size.
         initializer: called as ``initializer(*initargs)`` once in each worker before its
-            first task: each worker process (compute), thread (io), consumer (web, awaited
-            if it is a coroutine function; each thread for plain functions), cluster worker
-            process, or the caller's thread (serial).
+            first task: each worker process (compute, cluster), thread (io), consumer (web,
+            awaited if it is a coroutine function; each thread for plain functions), or the
+            caller's thread (serial). If it raises, nothing hangs: on process jobs and web
+            consumers the waiting call fails with its error (the next call tries again); a
+            thread pool is broken for good, as in ``concurrent.futures``, and its calls
+            fail with ``BrokenThreadPool``; on serial, ``Pool()`` raises it.
         initargs: the arguments for ``initializer``.
         maxtasksperchild: accepted for compatibility and ignored (a warning is logged):
             workers live as long as the pool, and one that dies is replaced at once.

@@ -325,6 +325,26 @@ def test_initializer_globals_reach_the_functions_of_a_main_script(
     assert proc.stdout.startswith("workers ")
 
 
+def broken_initializer() -> None:
+    raise RuntimeError("no model today")
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_initializer_fails_calls_and_never_hangs() -> None:
+    from concurrent.futures import BrokenExecutor
+
+    with Pool(2, broken_initializer, job="compute") as pool:
+        with pytest.raises(RuntimeError, match="no model today") as info:
+            pool.map(square, range(4))
+        assert "initializer" in info.value.__notes__[0]
+        with pytest.raises(RuntimeError, match="no model today"):
+            pool.apply(square, (1,))
+    with Pool(2, broken_initializer, job="io") as pool, pytest.raises(BrokenExecutor):
+        pool.map(square, range(4))
+    with pytest.raises(RuntimeError, match="no model today"):
+        Pool(1, broken_initializer, job="serial")
+
+
 # -- the other jobs, arguments, and what is refused ----------------------------------------
 def test_web_and_serial_jobs(tmp_path: Path) -> None:
     with Pool(3, job="web") as web:

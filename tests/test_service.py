@@ -109,7 +109,9 @@ def test_worker_command_joins_and_leaves(cluster_address: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_tls_service_refuses_strangers_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+def test_tls_service_refuses_strangers_and_sigterm_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tls_dir = tmp_path / "tls"
     log = (tmp_path / "service.log").open("w")
     proc = subprocess.Popen(
@@ -127,6 +129,9 @@ def test_tls_service_refuses_strangers_and_sigterm_leaves_nothing(tmp_path: Path
 
         good = distribute(job="cluster", address=address, tls=str(tls_dir))(square)
         assert good(range(4)) == [0, 1, 4, 9]
+        monkeypatch.setenv("JUST_DISTRIBUTE_TLS", str(tls_dir))
+        assert distribute(job="cluster", address=address)(square)(range(3)) == [0, 1, 4]
+        monkeypatch.delenv("JUST_DISTRIBUTE_TLS")
         assert compute_this(address=address, tls=str(tls_dir))(square)(7).run(timeout=60) == 49
 
         plain = distribute(job="cluster", address=address, connect_timeout=3)(square)

@@ -115,9 +115,9 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
 
 # -- the caller side ----------------------------------------------------------------------
 class _DaskChunkFuture(ChunkFuture):
-    def __init__(self, dask_future: Any) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.dask_future = dask_future
+        self.dask_future: Any = None
 
 
 def _set(fut: ChunkFuture, result: ChunkResult | None, exc: BaseException | None) -> None:
@@ -328,14 +328,19 @@ class ClusterExecutor(Executor):
         client = self.client()
         payload = self._payload_arg(client, task.payload)
         key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"
-        dask_future = client.submit(
-            run_on_worker, payload, task.payload.key, data, task.stop_on_error,
-            key=key, pure=False,
-        )
-        fut = _DaskChunkFuture(dask_future)
+        fut = _DaskChunkFuture()
         fut.mark_started()
         fut.started_at = None  # set when the worker announces the start (see _subscribe)
-        self._started_by_key[key] = fut
+        self._started_by_key[key] = fut  # before submitting: the start may be announced soon
+        try:
+            dask_future = client.submit(
+                run_on_worker, payload, task.payload.key, data, task.stop_on_error,
+                key=key, pure=False,
+            )
+        except BaseException:
+            self._started_by_key.pop(key, None)
+            raise
+        fut.dask_future = dask_future
         name = task.payload.name
         self._pending[id(dask_future)] = dask_future
         self._watch(client, dask_future, fut, name)
@@ -412,7 +417,7 @@ class ClusterExecutor(Executor):
 
     def abandon(self, future: ChunkFuture) -> None:
         """Cancel the chunk's dask task (a task already running finishes unobserved)."""
-        if isinstance(future, _DaskChunkFuture):
+        if isinstance(future, _DaskChunkFuture) and future.dask_future is not None:
             future.dask_future.cancel()
         future.cancel()
 

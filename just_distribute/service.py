@@ -349,6 +349,19 @@ def start_service(
         JustDistributeError: the service did not come up; the message holds its log.
     """
     files = _tls_for_service(tls)
+    try:
+        return _launch(workers, host, port, dashboard_port, files)
+    except JustDistributeError as exc:
+        # A worker process that fails to come up on a heavily loaded machine is not worth
+        # failing for: try once more, then report the log.
+        log.warning("the function service did not start (%s); trying once more",
+                    str(exc).splitlines()[0])
+        return _launch(workers, host, port, dashboard_port, files)
+
+
+def _launch(
+    workers: int, host: str, port: int, dashboard_port: int, files: _tls.TlsFiles | None
+) -> ServiceHandle:
     cmd = [
         sys.executable, "-m", "just_distribute.service", "--workers", str(workers),
         "--host", host, "--port", str(port), "--dashboard-port", str(dashboard_port),

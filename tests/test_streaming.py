@@ -126,12 +126,16 @@ def test_iter_keeps_calls_in_flight_within_max_in_flight() -> None:
     assert counter.max_ahead <= 3  # the generator is never read further ahead
 
 
-@pytest.mark.parametrize("ordered", [True, False])
-def test_iter_reads_a_generator_lazily_on_compute(ordered: bool) -> None:
+@pytest.mark.parametrize(("job", "ordered"), [("compute", True), ("compute", False),
+                                             ("cluster", True)])
+def test_iter_reads_a_generator_lazily_on_process_jobs(
+    job: str, ordered: bool, request: pytest.FixtureRequest
+) -> None:
     counter = InFlight()
-    f = distribute(job="compute", workers=2, max_in_flight=4, chunksize=5)(echo)
-    results = counter.consume(f.iter(counter.source(300), ordered=ordered))
-    assert sorted(results) == list(range(300))
+    where = {"address": request.getfixturevalue("cluster_address")} if job == "cluster" else {}
+    f = distribute(job=job, workers=2, max_in_flight=4, chunksize=5, **where)(echo)
+    results = counter.consume(f.iter(counter.source(200), ordered=ordered))
+    assert sorted(results) == list(range(200))
     assert counter.max_ahead <= 4 * 5
 
 

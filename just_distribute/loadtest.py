@@ -196,6 +196,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="measure a running function service (its scheduler address) instead of "
         "starting one",
     )
+    parser.add_argument(
+        "--connect-timeout", type=_positive, default=10.0, metavar="SECONDS",
+        help="seconds to wait for the service to answer (default 10)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -204,6 +208,7 @@ def main(args: argparse.Namespace) -> int:
         summaries = run_loadtest(
             workers=args.workers, tasks=args.tasks, duration=args.duration, kind=args.kind,
             out=args.out, address=args.address, echo=print, progress=True,
+            connect_timeout=args.connect_timeout,
         )
     except MissingExtraError as exc:
         print(f"just-distribute loadtest: {exc}", file=sys.stderr)
@@ -264,6 +269,7 @@ def run_loadtest(
     address: str | None = None,
     echo: Callable[[str], None] = log.info,
     progress: bool = False,
+    connect_timeout: float = 10.0,
 ) -> list[RunSummary]:
     """Run the load test and write its files into ``out``; return one summary per run.
 
@@ -277,6 +283,7 @@ def run_loadtest(
         address: the scheduler address of a running service to measure instead.
         echo: where the messages go (the dashboard and metrics addresses).
         progress: show a progress bar for each run (its rate is the run's throughput).
+        connect_timeout: seconds to wait for the service to answer.
 
     Raises:
         MissingExtraError: dask.distributed or matplotlib is not installed.
@@ -295,7 +302,7 @@ def run_loadtest(
     run = 0
     try:
         for n in counts:
-            with _service(n, address, echo) as addr, _client(addr) as client:
+            with _service(n, address, echo) as addr, _client(addr, connect_timeout) as client:
                 if address is not None:
                     echo(f"service at {addr}")
                     echo(f"  dashboard: {client.dashboard_link}")
@@ -324,10 +331,10 @@ def run_loadtest(
 
 
 @contextlib.contextmanager
-def _client(address: str) -> Iterator[Any]:
+def _client(address: str, timeout: float) -> Iterator[Any]:
     from distributed import Client
 
-    client: Any = Client(address, timeout="10s")  # type: ignore[no-untyped-call]
+    client: Any = Client(address, timeout=timeout)  # type: ignore[no-untyped-call]
     try:
         yield client
     finally:

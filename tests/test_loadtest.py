@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from just_distribute import cli, loadtest
-from just_distribute.service import start_service
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -139,18 +138,17 @@ def test_summaries_read_back_from_the_csv(small_run: Run) -> None:
 
 
 @pytest.mark.timeout(100)
-def test_a_running_service_with_cpu_tasks(tmp_path: Path) -> None:
+def test_a_running_service_with_cpu_tasks(cluster_address: str, tmp_path: Path) -> None:
     messages: list[str] = []
-    with start_service(2) as svc:
-        summaries = loadtest.run_loadtest(
-            tasks=[12], duration=0.01, kind="cpu", out=tmp_path, address=svc.address,
-            echo=messages.append,
-        )
+    summaries = loadtest.run_loadtest(
+        tasks=[12], duration=0.01, kind="cpu", out=tmp_path, address=cluster_address,
+        echo=messages.append,
+    )
     assert [(s.workers, s.slots, s.tasks) for s in summaries] == [(2, 2, 12)]
     records = loadtest.read_csv(tmp_path / "results.csv")
     assert len(records) == 12 and {r.kind for r in records} == {"cpu"}
     assert all(r.ended - r.started >= 0.01 * 0.9 for r in records)
-    assert any(m.startswith("service at " + svc.address) for m in messages)
+    assert any(m.startswith("service at " + cluster_address) for m in messages)
     assert any("/metrics" in m for m in messages)
 
 
@@ -177,6 +175,7 @@ def test_defaults() -> None:
     assert (args.workers, args.tasks, args.duration, args.kind) == (None, [50, 200, 1000], 0.05,
                                                                     "sleep")
     assert args.out == Path("loadtest-out") and args.address is None
+    assert args.connect_timeout == 10.0
 
 
 @pytest.mark.timeout(60)
@@ -190,7 +189,7 @@ def test_an_unreachable_address_is_a_message_naming_it(
         port = s.getsockname()[1]
     out = tmp_path / "out"
     code = cli.main(["loadtest", "--address", f"tcp://127.0.0.1:{port}", "--tasks", "5",
-                     "--out", str(out)])
+                     "--out", str(out), "--connect-timeout", "1"])
     err = capsys.readouterr().err
     assert code == 1
     assert f"tcp://127.0.0.1:{port}" in err and "just-distribute cluster" in err

@@ -94,7 +94,9 @@ def _reference_to_wrapped(fn: types.FunctionType) -> tuple[Any, ...] | None:
 
 class _FunctionPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.FunctionType):
+        if isinstance(obj, types.FunctionType) and obj is not load_wrapped:
+            # (load_wrapped itself, named in every reference, pickles as a plain global:
+            # rewriting it too would recurse until the pickler gives up and dill takes over.)
             ref = _reference_to_wrapped(obj)
             if ref is not None:
                 return ref

@@ -11,7 +11,9 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
 from typing import Any, Protocol
@@ -65,13 +67,34 @@ class Checkpoint(Protocol):
         """Record the results of a finished chunk, atomically."""
 
 
+#: Seconds per call measured in earlier runs, per (job, function name): the latest few.
+_history: OrderedDict[tuple[str, str], float] = OrderedDict()
+_HISTORY_SIZE = 256
+_history_lock = threading.Lock()
+
+
+def _remember(key: tuple[str, str], per_call: float) -> None:
+    with _history_lock:
+        _history[key] = per_call
+        _history.move_to_end(key)
+        while len(_history) > _HISTORY_SIZE:
+            _history.popitem(last=False)
+
+
 class _Sizer:
     """Chooses chunk sizes: fixed, from the number of calls, or from measured call times."""
 
     def __init__(
-        self, options: Options, executor: Executor, n: int | None, *, fixed: bool = False
+        self,
+        options: Options,
+        executor: Executor,
+        n: int | None,
+        *,
+        fixed: bool = False,
+        name: str = "",
     ) -> None:
         self.adaptive = False
+        self.key = (executor.name, name)
         if options.chunksize is not None:
             self.size = options.chunksize
         elif options.timeout is not None:
@@ -82,6 +105,11 @@ class _Sizer:
             self.size = max(1, math.ceil(n / parts)) if n else _CHECKPOINT_STREAM_CHUNK
         elif n is not None:
             parts = executor.workers * executor.chunks_per_worker
+            per_call = _history.get(self.key)
+            if per_call is not None and n * per_call < executor.target_chunk_seconds / 10:
+                # Earlier runs say the whole run is worth less than a round trip or two per
+                # chunk: send it as one chunk (a warm call on a few elements costs one).
+                parts = 1
             self.size = max(1, math.ceil(n / parts))
         else:
             self.size, self.adaptive = 1, True
@@ -91,9 +119,12 @@ class _Sizer:
         return self.size
 
     def observe(self, calls: int, seconds: float) -> None:
-        if not self.adaptive or calls == 0:
+        if calls == 0:
             return
         per_call = max(seconds / calls, 1e-7)
+        _remember(self.key, per_call)
+        if not self.adaptive:
+            return
         ideal = int(self.target / per_call)
         # Grow at most 4x a step: the first measurements include warm-up.
         self.size = max(1, min(ideal, self.size * 4, _MAX_ADAPTIVE_CHUNK))
@@ -158,7 +189,9 @@ class _Run:
         self.checkpoint = checkpoint
         self.payload = Payload(plan.fn, plan.name)
         self.scope = RunScope()
-        self.sizer = _Sizer(options, executor, plan.n, fixed=checkpoint is not None)
+        self.sizer = _Sizer(
+            options, executor, plan.n, fixed=checkpoint is not None, name=plan.name
+        )
         self.window = options.max_in_flight or executor.workers * executor.in_flight_per_worker
         # Workers stop a chunk at its first error whenever the engine may have to act on
         # it (raise, or retry); only "return without retries" lets them run on.

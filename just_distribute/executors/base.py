@@ -8,9 +8,9 @@ progress, retries or timeouts: that policy lives once, in the engine.
 from __future__ import annotations
 
 import abc
+import hashlib
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
@@ -42,9 +42,17 @@ class Payload:
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
-        self.key = uuid.uuid4().hex
+        self._key: str | None = None
         self._bytes: bytes | None = None
         self._lock = threading.Lock()
+
+    @property
+    def key(self) -> str:
+        """A digest of :meth:`serialized`: the same function with the same constants has the
+        same key in every run, so a worker that already holds it is not sent it again."""
+        if self._key is None:
+            self._key = hashlib.blake2b(self.serialized(), digest_size=16).hexdigest()
+        return self._key
 
     def serialized(self) -> bytes:
         """The function and its constants as bytes, made once.

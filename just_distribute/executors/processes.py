@@ -365,4 +365,9 @@ class ProcessExecutor(Executor):
 
     def pids(self) -> list[int]:
         """The process ids of the live worker processes."""
-        return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.poll() is None]
+        # A killed worker is not live even before its exit is noticed: the kill is final.
+        return [
+            w.proc.pid
+            for w in self._workers
+            if w.proc is not None and not w.killed and w.proc.poll() is None
+        ]

@@ -19,6 +19,7 @@ from typing import Any
 
 from ._chunk import ChunkResult
 from ._pool_support import AsyncResult, Notifier, OwnedExecutor, terminated
+from .errors import WorkerLostError
 from .executors import Payload, RunScope, Task
 from .planning import short_repr
 
@@ -119,10 +120,7 @@ class ApplyQueue:
         except Exception as exc:
             self._returned()
             if len(batch) > 1:  # one bad argument must not fail its neighbours
-                for one in batch:
-                    with self.cond:
-                        self.out += 1
-                    self._send([one])
+                self._one_by_one(batch)
                 return
             self._settle(batch, None, exc)
             return
@@ -132,12 +130,22 @@ class ApplyQueue:
             self._returned()
             if f.cancelled():
                 self._settle(batch, None, terminated())
-            elif (exc := f.exception()) is not None:
+            elif isinstance(exc := f.exception(), WorkerLostError) and len(batch) > 1:
+                # Which call killed the worker? Alone, only the culprit fails (a worker
+                # killed from outside costs nothing but the rerun).
+                self._one_by_one(batch)
+            elif exc is not None:
                 self._settle(batch, None, exc)
             else:
                 self._settle(batch, f.result(), None)
 
         fut.add_done_callback(done)
+
+    def _one_by_one(self, batch: list[_Call]) -> None:
+        for one in batch:
+            with self.cond:
+                self.out += 1
+            self._send([one])
 
     def _returned(self) -> None:
         with self.cond:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from just_distribute import Pool, config
+from just_distribute import Pool, WorkerLostError, config
 from just_distribute.pool import PoolTerminatedError
 
 JOBS = ["compute", "io", "cluster"]
@@ -323,6 +323,28 @@ def test_initializer_globals_reach_the_functions_of_a_main_script(
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=100, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("workers ")
+
+
+def die_on_13(x: int) -> int:
+    if x == 13:
+        os._exit(3)
+    return x
+
+
+@pytest.mark.timeout(90)
+def test_a_call_that_kills_its_worker_fails_alone() -> None:
+    with Pool(2, job="compute") as pool:
+        results = [pool.apply_async(die_on_13, (i,)) for i in range(40)]
+        for i, result in enumerate(results):
+            if i == 13:
+                with pytest.raises(WorkerLostError):
+                    result.get(timeout=60)
+            else:
+                assert result.get(timeout=60) == i
+        with pytest.raises(WorkerLostError) as info:
+            pool.map(die_on_13, range(20))
+        assert "raised by call 13" in info.value.__notes__[0]
+        assert pool.map(square, range(3)) == [0, 1, 4]  # the pool replaced its workers
 
 
 def broken_initializer() -> None:

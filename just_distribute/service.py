@@ -188,6 +188,12 @@ def serve(
         announce(f"workers: {workers} processes x 1 thread")
         if tls is not None:
             announce(f"tls: ca={tls.ca} cert={tls.cert} key={tls.key}")
+        use_tls = "" if tls is None else f", tls={str(Path(tls.cert).parent)!r}"
+        announce(
+            f"clients: distribute(job='cluster', address={cluster.scheduler_address!r}"
+            f"{use_tls}), or set JUST_DISTRIBUTE_ADDRESS"
+            + ("" if tls is None else " and JUST_DISTRIBUTE_TLS")
+        )
         announce(_READY)
         while not stop.wait(0.5):
             if parent_pid is not None and not _alive(parent_pid):

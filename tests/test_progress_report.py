@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import subprocess
@@ -101,6 +102,20 @@ def test_progress_bar_counts_elements(
     f(list(range(100)))
     err = capsys.readouterr().err
     assert "100/100" in err and "element" in err
+
+
+async def async_square(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * x
+
+
+def test_progress_and_report_of_async_calls_on_the_web_job() -> None:
+    rec = Recorder()
+    f = distribute(job="web", workers=4, chunksize=5, progress=rec)(async_square)
+    results, report = f.report(range(30))
+    assert results == [x * x for x in range(30)]
+    assert rec.seen[-1] == (30, 30) and len(rec.seen) == 6
+    assert report.calls == 30 == sum(s.calls for s in report.per_worker.values())
 
 
 def test_progress_of_a_stream_of_unknown_length(capsys: pytest.CaptureFixture[str]) -> None:

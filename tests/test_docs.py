@@ -156,7 +156,10 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path, docs_env: dict[str, st
         f"\n--- stderr\n{proc.stderr[-6000:]}"
     )
     assert proc.stdout.rstrip().endswith("--- all blocks ran")
-    assert not noise(proc.stderr), f"{page.relative_to(ROOT)} is noisy:\n{proc.stderr[-6000:]}"
+    assert not noise(proc.stderr), (
+        f"{page.relative_to(ROOT)} is noisy: {noise(proc.stderr)}\n--- stdout\n{proc.stdout}"
+        f"\n--- stderr\n{proc.stderr[-8000:]}"
+    )
 
 
 def test_blocks_are_found_and_skips_stay_rare() -> None:

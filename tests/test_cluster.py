@@ -219,10 +219,19 @@ def outer_sum(n: int, address: str) -> int:
     return sum(inner(range(n)))
 
 
+def outer_embedded(n: int) -> tuple[int, int]:
+    inner = distribute(job="cluster")(inner_double)  # no address: would embed a cluster
+    total = sum(inner(range(n)))
+    return total, len(psutil.Process().children(recursive=True))
+
+
 def test_nested_cluster_calls_do_not_deadlock(cluster_address: str) -> None:
     f = distribute(job="cluster", address=cluster_address)(outer_sum)
     # More outer calls than worker threads: waiting on the cluster would deadlock.
     assert f([3, 4, 5, 6], [cluster_address] * 4) == [6, 12, 20, 30]
+    g = distribute(job="cluster", address=cluster_address)(outer_embedded)
+    # Run serially inside the worker: no cluster was started there.
+    assert g([3, 4]) == [(6, 0), (12, 0)]
 
 
 def test_embedded_cluster_is_started_once_and_reused() -> None:

@@ -195,6 +195,8 @@ class ClusterExecutor(Executor):
             return cached[1]
         if self._closed:
             return 0
+        if self._client is None and self._user_client is None and self.check_nesting():
+            return 1  # nested calls run serially: no cluster is started from inside one
         client = self.client()
         threads = sum(client.nthreads().values())
         if threads == 0:  # a service that is still starting its workers

@@ -13,7 +13,14 @@ bytes (the standard pickle, dill for lambdas, closures and ``__main__`` function
 through dask's own pickling. Bytes above ``SCATTER_BYTES`` are scattered to the cluster
 once per run and every chunk refers to them, so a large constant crosses the network
 once. Each task gets a unique key (never dask's hash of the arguments): two identical
-calls both run.
+calls both run. Functions of importable modules travel by reference, as with dask:
+remote workers need those modules installed (the embedded cluster gets the caller's
+import path).
+
+A worker that dies mid-chunk: dask reruns the chunk on another worker (its nanny starts a
+fresh one); after ``distributed.scheduler.allowed-failures`` deaths the chunk fails with a
+:class:`~just_distribute.errors.WorkerLostError`, and the engine retries its calls one at
+a time to name the culprit.
 
 Nesting: a call made from inside a cluster task (a distributed function calling another
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the

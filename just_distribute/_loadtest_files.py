@@ -82,7 +82,7 @@ def _plot_timeline(path: Path, rows: Sequence[TaskRecord]) -> None:
     ax.set_yticks(range(len(workers)), [_short(w) for w in workers])
     ax.set_xlabel("seconds since the first submission")
     first = rows[0]
-    ax.set_title(f"Tasks on each worker: {first.workers} workers, {first.tasks} tasks")
+    ax.set_title(f"Tasks on each worker: {_workers(first.workers)}, {first.tasks} tasks")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=100)
 
@@ -101,11 +101,15 @@ def _plot_allocation(
         ax.axhline(s.tasks / s.workers, color="k", linestyle="--", linewidth=1,
                    label="even share")
         ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=45, ha="right")
-        ax.set_title(f"{s.workers} workers")
+        ax.set_title(_workers(s.workers))
         ax.set_ylabel("tasks")
     axes[0].legend()
     fig.suptitle(f"Tasks per worker ({most} tasks per run)")
     fig.savefig(path, dpi=100)
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" if n == 1 else f"{n} workers"
 
 
 def _short(address: str) -> str:
@@ -158,7 +162,7 @@ def _report_md(
     ]
     for s in summaries:
         lines.append(
-            f"- {s.workers} workers, {s.tasks} tasks: {s.throughput:.1f} tasks/s of an ideal "
+            f"- {_workers(s.workers)}, {s.tasks} tasks: {s.throughput:.1f} tasks/s of an ideal "
             f"{s.ideal:.1f} ({s.efficiency:.1%})"
         )
     cpus = usable_cpus()
@@ -174,7 +178,7 @@ def _report_md(
         "",
         "![throughput](throughput.png)",
         "",
-        f"Timeline of run {tl.run} ({tl.workers} workers, {tl.tasks} tasks):",
+        f"Timeline of run {tl.run} ({_workers(tl.workers)}, {tl.tasks} tasks):",
         "",
         "![timeline](timeline.png)",
         "",

@@ -315,8 +315,9 @@ def run_loadtest(
                 )
                 for count in tasks:
                     # One bar per run: its rate is the run's throughput, live.
-                    with tqdm(total=count, unit="task", desc=f"{n_workers} workers",
-                              disable=not progress, dynamic_ncols=True) as bar:
+                    label = f"{n_workers} worker" + ("s" if n_workers != 1 else "")
+                    with tqdm(total=count, unit="task", desc=label, disable=not progress,
+                              dynamic_ncols=True) as bar:
                         records.extend(_one_run(
                             client, task_fn, run, n_workers, slots, count, kind, duration,
                             bar.update,

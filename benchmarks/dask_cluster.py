@@ -1,0 +1,98 @@
+"""S5 and S6: the cluster job on its embedded dask cluster, next to raw dask ``client.map``.
+
+Every library runs on the same cluster: the embedded one that ``job="cluster"`` starts (a
+scheduler and 2 single-threaded worker processes), whose ``Client`` the dask peers borrow.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from just_distribute import distribute
+from just_distribute.config import resolve_options
+from just_distribute.executors import get_executor
+
+from . import workloads
+from .harness import Config, Scenario, measure
+
+WORKERS = 2
+OURS = "just_distribute"
+
+
+def _client() -> Any:
+    """The dask Client of the embedded cluster (started here if it is not yet)."""
+    ex = get_executor(resolve_options({"job": "cluster", "workers": WORKERS}))
+    client = ex.client()  # type: ignore[attr-defined]
+    client.wait_for_workers(WORKERS, timeout=60)
+    return client
+
+
+def _hand_chunked(client: Any, data: list[int], parts: int) -> list[int]:
+    size = -(-len(data) // parts)
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    futures = client.map(workloads.square_chunk, chunks, pure=False)
+    return list(itertools.chain.from_iterable(client.gather(futures)))
+
+
+def s5(cfg: Config) -> Scenario:
+    """S5: ``x*x`` on 10,000 ints on the embedded cluster."""
+    n = cfg.size(10_000, 500)
+    data = list(range(n))
+    expected = [x * x for x in data]
+    client = _client()
+    ours = distribute(job="cluster", workers=WORKERS)(workloads.square)
+    hand = "dask client.map over 8 hand-made chunks"
+    per = "dask client.map per element"
+    cases: dict[str, Callable[[], Any]] = {
+        OURS: lambda: ours(data),
+        hand: lambda: _hand_chunked(client, data, 8),
+        per: lambda: client.gather(client.map(workloads.square, data, pure=False)),
+    }
+    warm = {per: lambda: client.gather(client.map(workloads.square, data[:100], pure=False))}
+    rows = measure(cases, cfg.runs, check=lambda r: list(r) == expected, warm=warm, ours=(OURS,))
+    sc = Scenario(
+        "S5", "tiny calls on a cluster",
+        f"`x*x` on {n:,} ints, cluster (embedded, {WORKERS} workers)",
+        rows, reference=hand, ratio_label="x hand-chunked",
+        target="within 1.2x of hand-chunked dask",
+    )
+    ours_row, hand_row = sc.row(OURS), sc.row(hand)
+    if ours_row.values and hand_row.values:
+        ratio = ours_row.median / hand_row.median
+        sc.met = ratio <= 1.2
+        sc.verdict = f"{ratio:.2f}x hand-chunked dask"
+    return sc
+
+
+def s6(cfg: Config) -> Scenario:
+    """S6: as S2 (80 calls of ~7 ms) on the embedded cluster."""
+    calls = cfg.size(80, 8)
+    steps = workloads.calibrate_busy(0.007 if not cfg.smoke else 0.001)
+    data = [steps] * calls
+    expected = [workloads.busy(steps)] * calls
+    client = _client()
+    ours = distribute(job="cluster", workers=WORKERS)(workloads.busy)
+    serial = "serial (list comprehension)"
+    cases: dict[str, Callable[[], Any]] = {
+        serial: lambda: [workloads.busy(x) for x in data],
+        OURS: lambda: ours(data),
+        "dask client.map": lambda: client.gather(
+            client.map(workloads.busy, data, pure=False)
+        ),
+    }
+    rows = measure(cases, cfg.runs, check=lambda r: list(r) == expected, ours=(OURS,))
+    sc = Scenario(
+        "S6", "heavy calls on a cluster",
+        f"{calls} calls of a pure-Python loop ({steps:,} steps, ~7 ms), cluster (embedded, "
+        f"{WORKERS} workers)",
+        rows, reference=serial, ratio_label="x serial",
+        target="speedup ≥ 1.7x over serial",
+    )
+    ours_row, ser = sc.row(OURS), sc.row(serial)
+    if ours_row.values and ser.values:
+        speedup = ser.median / ours_row.median
+        sc.met = speedup >= 1.7
+        sc.verdict = f"speedup {speedup:.2f}x"
+    return sc

@@ -381,6 +381,7 @@ class _Run:
                 now = time.monotonic()
                 while self.delayed and self.delayed[0][0] <= now:
                     self.submit(heapq.heappop(self.delayed)[2])
+                yielded = False
                 if self.ordered:
                     while next_out in self.finished:
                         part = self.finished.pop(next_out)
@@ -389,13 +390,19 @@ class _Run:
                                 yield part
                             raise self.failed[1]
                         yield part
+                        yielded = True
                         next_out += 1
                 else:
                     for key in list(self.finished):
                         yield self.finished.pop(key)
+                        yielded = True
                 if not self.pending and not self.delayed:
                     if exhausted and not self.finished:
                         return
+                    continue
+                if yielded and not exhausted and self.failed is None:
+                    # Yielding made room in the window: fill it before waiting, or the
+                    # workers idle until the next chunk comes back.
                     continue
                 if self.pending:
                     done, _ = wait(

@@ -253,7 +253,7 @@ def _service(
 
     assert workers is not None
     with start_service(workers) as svc:
-        echo(f"service with {workers} workers at {svc.address}")
+        echo(f"service with {workers} worker{'s' if workers != 1 else ''} at {svc.address}")
         echo(f"  dashboard: {svc.dashboard_url or 'off (needs bokeh)'}")
         echo(f"  metrics:   {svc.metrics_url or 'off (needs prometheus-client)'}")
         yield svc.address

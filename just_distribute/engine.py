@@ -11,11 +11,12 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol
 
 from ._chunk import ChunkResult
@@ -197,6 +198,9 @@ class _Run:
         # it (raise, or retry); only "return without retries" lets them run on.
         self.stop_on_error = options.on_error == "raise" or options.retries > 0
         self.pending: dict[ChunkFuture, _Chunk] = {}
+        # Futures report here as they finish: one queue to wait on, where waiting on every
+        # pending future (concurrent.futures.wait) costs a lock per future per wake-up.
+        self.done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         self.delayed: list[tuple[float, int, _Chunk]] = []
         self.finished: dict[int, list[Any]] = {}
         # In order, the results before a failed call are still owed to the caller: the
@@ -215,6 +219,7 @@ class _Run:
             raise
         ch.future = fut
         self.pending[fut] = ch
+        fut.add_done_callback(self.done.put)
 
     def settle(self, ch: _Chunk) -> None:
         """The chunk has all its values."""
@@ -405,12 +410,18 @@ class _Run:
                     # workers idle until the next chunk comes back.
                     continue
                 if self.pending:
-                    done, _ = wait(
-                        list(self.pending), timeout=self.wait_time(), return_when=FIRST_COMPLETED
-                    )
-                    for fut in done:
-                        if fut in self.pending:
-                            self.outcome(fut)
+                    try:
+                        fut = self.done.get(timeout=self.wait_time())
+                    except queue.Empty:
+                        pass
+                    else:
+                        while True:
+                            if fut in self.pending:  # (not one abandoned meanwhile)
+                                self.outcome(fut)
+                            try:
+                                fut = self.done.get_nowait()
+                            except queue.Empty:
+                                break
                 else:
                     time.sleep(self.wait_time())
                 self.check_timeouts()

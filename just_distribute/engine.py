@@ -307,7 +307,10 @@ class _Run:
                     err.exc, err.tb, ch.start + base + err.at, self.plan.name,
                     self.describe(ch, base + err.at),
                 )
-        ch.values.extend(result.values)
+        if ch.values:
+            ch.values.extend(result.values)
+        else:
+            ch.values = result.values  # the usual case: no copy of a long list
         ch.offset += len(result.values)
         if ch.offset > base:
             ch.attempts = 0

@@ -105,7 +105,7 @@ def s6(cfg: Config) -> Scenario:
     sc.notes.append(
         "The embedded cluster is a scheduler process and 2 single-threaded worker processes; "
         "on 2 cores they share the CPUs with the caller (and with whatever else the machine "
-        "runs: see the load average below). just_distribute sends 6 chunks of about 14 calls "
+        "runs: see the load average below). just_distribute sends 8 chunks of 10 calls "
         "(one task each) where raw `client.map` sends 80 tasks; a speedup below ~1.9x comes "
         "from CPU time the worker processes did not get, not from scheduling overhead "
         "(per-process CPU times show the workers busy only part of the run when the machine "

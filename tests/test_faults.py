@@ -256,7 +256,11 @@ def test_nested_functions_defined_in_main_are_sent_by_value() -> None:
 
 # -- 7. what cannot be sent ---------------------------------------------------------------
 
-UNSENDABLE_WORKERS = 3  # a pool of its own, to see that no worker was started
+UNSENDABLE_WORKERS = 3
+
+
+def _no_setup(tag: str) -> None:
+    """An initializer that does nothing: its argument gives the test a pool of its own."""
 
 
 def numbers() -> Any:
@@ -285,7 +289,14 @@ def test_unsendable_things_fail_in_the_caller_naming_the_object() -> None:
         assert isinstance(info.value, TypeError)
         return info.value
 
-    opts = {"job": "compute", "workers": UNSENDABLE_WORKERS}
+    # A pool of its own (other tests may have started a 3-worker pool), to see that no
+    # worker was ever started for it.
+    opts: dict[str, Any] = {
+        "job": "compute",
+        "workers": UNSENDABLE_WORKERS,
+        "initializer": _no_setup,
+        "initargs": ("unsendable",),
+    }
     check(lambda: distribute(uses_lock, **opts)([1, 2]), "'lock'", "thread lock")
     check(
         lambda: distribute(takes_constant, **opts)([1], source=numbers()),
@@ -300,7 +311,9 @@ def test_unsendable_things_fail_in_the_caller_naming_the_object() -> None:
     with open(__file__) as handle:
         check(lambda: distribute(identity, **opts)([handle]), "open file")
     # Nothing reached a worker: this pool never started one.
-    assert compute_pool(UNSENDABLE_WORKERS).pids() == []
+    own_pool = get_executor(resolve_options(opts))
+    assert isinstance(own_pool, ProcessExecutor)
+    assert own_pool.pids() == []
     # The same function on io needs no sending at all.
     assert distribute(uses_lock, job="io", workers=2)([1, 2]) == [1, 2]
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import itertools
 import types
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, overload
@@ -14,6 +15,7 @@ from typing_extensions import ParamSpec, Unpack
 
 from . import _wire
 from ._chunk import AsyncOneCall, BlockingCall, OneCall
+from ._initializer import NATIVE_INITIALIZER, Initialized
 from .config import Options, resolve_options
 from .engine import decorate_error, execute
 from .executors import Executor, Payload, RunScope, Task, canonical_job, get_executor
@@ -120,6 +122,8 @@ class Distributed(Generic[P, R]):
         self._info = info if info is not None else analyse(fn)
         self._instance = instance
         self._method_info: FunctionInfo | None = None
+        # Names this function's initializer in worker processes: it runs once per process.
+        self._init_key = uuid.uuid4().hex
 
     # -- plumbing --------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -172,10 +176,7 @@ class Distributed(Generic[P, R]):
 
         def executor() -> Executor:
             if not chosen:
-                ex = get_executor(options)
-                if ex.check_nesting():
-                    ex = get_executor(options.replace(job="serial"))
-                chosen.append(ex)
+                chosen.append(self._executor(options))
             return chosen[0]
 
         def workers() -> int:
@@ -193,6 +194,20 @@ class Distributed(Generic[P, R]):
             plan.fn = BlockingCall(plan.fn)
         return plan, options, ex
 
+    def _executor(self, options: Options) -> Executor:
+        """The executor for a run; process jobs get the initializer through the calls."""
+        native = isinstance(options.job, str) and canonical_job(options.job) in NATIVE_INITIALIZER
+        ex = get_executor(options if native else options.replace(initializer=None, initargs=()))
+        if ex.check_nesting():
+            ex = get_executor(options.replace(job="serial", initializer=None, initargs=()))
+        return ex
+
+    def _initialized(self, fn: Callable[..., Any], options: Options, ex: Executor) -> Any:
+        """``fn`` wrapped to run the initializer once per worker process, where needed."""
+        if options.initializer is None or ex.name in NATIVE_INITIALIZER:
+            return fn
+        return Initialized(fn, options.initializer, options.initargs, self._init_key)
+
     def _chunks(
         self, plan: Plan, options: Options, ex: Executor, ordered: bool, report: RunReport | None
     ) -> Iterator[list[Any]]:
@@ -201,6 +216,8 @@ class Distributed(Generic[P, R]):
             from .checkpoint import open_checkpoint
 
             checkpoint = open_checkpoint(options.checkpoint, self.__wrapped__, plan)
+        # After the checkpoint: its key covers the function, not this process's wrapper.
+        plan.fn = self._initialized(plan.fn, options, ex)
         # The bar last: nothing may fail between its creation and the engine that closes it.
         unit = "element" if plan.batch_columns else "call"
         progress = make_progress(options.progress, plan.total_units, self._info.name, unit)
@@ -277,12 +294,11 @@ class Distributed(Generic[P, R]):
         """
         self._info.signature.bind(*args, **kwargs)
         options = resolve_options(self._explicit)
-        ex = get_executor(options)
-        if ex.check_nesting():
-            ex = get_executor(options.replace(job="serial"))
+        ex = self._executor(options)
         target = self._callable()
         if is_async(target) and ex.name != "web":
             target = BlockingCall(target)
+        target = self._initialized(target, options, ex)
         maker = AsyncOneCall if is_async(target) else OneCall
         call = maker(target, tuple(args), dict(kwargs))
         inner = ex.submit(Task(Payload(call, self._info.name), ([None],), True, RunScope()))

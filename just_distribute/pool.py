@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ._chunk import BlockingCall
+from ._initializer import NATIVE_INITIALIZER, Initialized
 from ._pool_apply import ApplyQueue
 from ._pool_stream import IMapIterator, InlineStream, Stream, produce
 from ._pool_support import (
@@ -44,7 +45,6 @@ from ._pool_support import (
     AsyncApply,
     AsyncResult,
     AsyncStar,
-    Initialized,
     Notifier,
     OwnedExecutor,
     PoolTerminatedError,
@@ -68,10 +68,6 @@ __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 log = logging.getLogger("just_distribute")
 
 T = TypeVar("T")
-#: Jobs whose executors run ``initializer`` themselves, once per worker. Where workers are
-#: processes, the pool runs it instead (see Initialized): the first call in each process
-#: runs it, sharing the globals of a ``__main__`` script with the function.
-_NATIVE_INITIALIZER = frozenset({"io", "web"})
 _PAYLOAD_CACHE = 32  # functions whose apply() payload is kept (each is sent once per worker)
 
 
@@ -165,7 +161,7 @@ class Pool:
         self._options: Options = resolve_options(explicit).replace(on_error="raise")
         options = self._options
         name = canonical_job(options.job) if isinstance(options.job, str) else None
-        native = name in _NATIVE_INITIALIZER
+        native = name in NATIVE_INITIALIZER
         plain = options if native else options.replace(initializer=None, initargs=())
         owned = name is not None
         if name == "cluster" and options.address is None:

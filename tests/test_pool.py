@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from just_distribute import Pool, WorkerLostError, config
+from just_distribute import Pool, WorkerLostError, config, distribute
 from just_distribute.pool import PoolTerminatedError
 
 JOBS = ["compute", "io", "cluster"]
@@ -288,6 +288,27 @@ def test_initializer_runs_once_in_each_worker(
     assert {me for me, _ in seen} <= set(records)
     if job != "cluster":  # a cluster has its own size
         assert len(records) <= 2
+
+
+def test_the_decorator_runs_its_initializer_once_in_each_worker(
+    job_address: tuple[str, str | None], tmp_path: Path
+) -> None:
+    job, address = job_address
+    options: dict[str, Any] = {"job": job, "workers": 2, "chunksize": 1}
+    if job == "cluster":
+        options = {"job": job, "address": address, "chunksize": 1}
+    f = distribute(who_am_i, initializer=record_worker, initargs=(str(tmp_path),), **options)
+    seen = [*f(range(40)), f.submit(0).result(timeout=60)]
+    assert all(initialized for _, initialized in seen), seen
+    records = [path.name.rsplit("-", 1)[0] for path in tmp_path.iterdir()]
+    assert len(records) == len(set(records)), f"a worker ran the initializer twice: {records}"
+    assert {me for me, _ in seen} <= set(records)
+
+
+def test_the_serial_job_runs_the_initializer_once(tmp_path: Path) -> None:
+    f = distribute(who_am_i, job="serial", initializer=record_worker, initargs=(str(tmp_path),))
+    assert all(initialized for _, initialized in f(range(5)) + f(range(3)))
+    assert len(list(tmp_path.iterdir())) == 1
 
 
 _MAIN_SCRIPT = """

@@ -295,7 +295,14 @@ class ServiceHandle:
         return self._proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the service and every process it started (SIGTERM, then SIGKILL)."""
+        """Stop the service and every process it started (SIGTERM, then SIGKILL).
+
+        Distributed functions of this process connected to it are disconnected first, so
+        that their clients do not try to reconnect to a service that is gone.
+        """
+        from .executors import shutdown_all
+
+        shutdown_all(address=self.address)
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)

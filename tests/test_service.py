@@ -154,3 +154,30 @@ def test_tls_service_refuses_strangers_and_sigterm_leaves_nothing(
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+_STOP_SCRIPT = """
+from just_distribute import distribute
+from just_distribute.service import start_service
+
+def square(x: int) -> int:
+    return x * x
+
+if __name__ == "__main__":
+    with start_service(1) as service:
+        print(distribute(square, job="cluster", address=service.address)(range(4)))
+    print("stopped")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_stopping_a_service_disconnects_its_clients_quietly(tmp_path: Path) -> None:
+    script = tmp_path / "stop_service.py"
+    script.write_text(_STOP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=100, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[0,", "1,", "4,", "9]", "stopped"]
+    # No client left trying to reconnect to the stopped scheduler at exit.
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

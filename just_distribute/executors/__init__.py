@@ -162,11 +162,15 @@ def get_executor(options: Options) -> Executor:
     return kept
 
 
-def shutdown_all() -> None:
-    """Shut down every cached executor (runs at interpreter exit)."""
+def shutdown_all(address: str | None = None) -> None:
+    """Shut down every cached executor (runs at interpreter exit).
+
+    Args:
+        address: only those connected to this cluster address (a service about to stop).
+    """
     with _lock:
-        executors = list(_cache.values())
-        _cache.clear()
+        keys = [k for k in _cache if address is None or k[2] == address]
+        executors = [_cache.pop(k) for k in keys]
     for ex in executors:
         with contextlib.suppress(Exception):  # best effort at exit
             ex.shutdown(wait=True)

@@ -21,8 +21,8 @@ Differences worth knowing, each deliberate:
   each worker process, with the globals of a ``__main__`` script shared with the
   functions, so ``global model; model = load()`` works as it does with ``multiprocessing``.
 - On the serial job every method runs in the caller's thread, ``imap`` as it is read.
-- ``maxtasksperchild`` is accepted and ignored with a logged warning: workers live as long
-  as the pool (a worker process that dies is replaced at once).
+- ``maxtasksperchild`` is honoured on compute: a worker process is replaced after that many
+  tasks (chunks, as in ``multiprocessing``). Other jobs accept it and log that it is ignored.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ from .executors import (
     Payload,
     canonical_job,
     create_executor,
+    default_workers,
     get_executor,
 )
 from .executors.coroutines import is_async
+from .executors.processes import ProcessExecutor
 from .planning import Plan, short_repr
 from .progress import make_progress
 
@@ -110,8 +112,9 @@ class Pool:
             thread pool is broken for good, as in ``concurrent.futures``, and its calls
             fail with ``BrokenThreadPool``; on serial, ``Pool()`` raises it.
         initargs: the arguments for ``initializer``.
-        maxtasksperchild: accepted for compatibility and ignored (a warning is logged):
-            workers live as long as the pool, and one that dies is replaced at once.
+        maxtasksperchild: on compute, replace a worker process after it has run this many
+            tasks (a task is a chunk, as in ``multiprocessing``: pass ``chunksize=1`` to count
+            calls), for code that leaks memory; other jobs log that it is ignored.
         job: where calls run: ``"compute"``, ``"io"``, ``"web"``, ``"cluster"``,
             ``"serial"``, or a ``concurrent.futures.Executor`` or dask ``Client`` (used as
             it is and not shut down by the pool).
@@ -142,14 +145,10 @@ class Pool:
             raise ValueError(f"Pool(processes={processes!r}): the number of workers must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"Pool(initializer=...) must be callable, got {initializer!r}")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-            log.warning(
-                "Pool(maxtasksperchild=%d) is accepted and ignored: just_distribute keeps "
-                "its workers for the life of the pool (a worker that dies is replaced)",
-                maxtasksperchild,
-            )
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
         explicit: dict[str, Any] = {"job": job, "initargs": tuple(initargs)}
         if processes is not None:
             explicit["workers"] = processes
@@ -169,8 +168,16 @@ class Pool:
             # registry's, as every distributed function does (it stops at exit).
             owned = False
             inner = get_executor(plain)
+        elif maxtasksperchild is not None and name == "compute":
+            workers = plain.workers or default_workers("compute") or 1
+            inner = ProcessExecutor(workers, max_tasks=maxtasksperchild)
         else:
             inner = create_executor(plain) if owned else get_executor(plain)
+        if maxtasksperchild is not None and inner.name != "compute":
+            log.warning(
+                "Pool(maxtasksperchild=%d) is ignored on job=%r: only worker processes of "
+                "the compute job are recycled", maxtasksperchild, inner.name,
+            )
         self._initialized: str | None = None
         if initializer is not None and inner.name == "serial":
             initializer(*options.initargs)  # the caller's thread is the one worker

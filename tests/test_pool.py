@@ -459,3 +459,22 @@ def test_constructor_and_argument_errors(caplog: pytest.LogCaptureFixture) -> No
 def test_config_context_applies_and_serial_switch_wins() -> None:
     with config(job="serial"), Pool(4, job="io") as p:
         assert p.map(lambda _: threading.get_ident(), range(3)) == [threading.get_ident()] * 3
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+@pytest.mark.timeout(90)
+def test_maxtasksperchild_replaces_worker_processes_on_compute(tmp_path: Path) -> None:
+    with Pool(2, record_worker, (str(tmp_path),), 2, job="compute") as pool:
+        pids = pool.map(_pid, range(12), chunksize=1)
+        assert sorted(pool.map(square, range(6), chunksize=1)) == [0, 1, 4, 9, 16, 25]
+    # 12 one-call tasks, at most 2 per process: at least 6 processes ran them...
+    assert len(set(pids)) >= 6, pids
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert max(counts.values()) <= 2, counts
+    # ...and the initializer ran once in each of them.
+    starts = [path.name.split("-", 1)[0] for path in tmp_path.iterdir()]
+    assert set(map(str, pids)) <= set(starts)
+    assert len(starts) == len(set(starts))

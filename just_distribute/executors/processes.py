@@ -55,6 +55,7 @@ class _Worker:
         self.pid: int | None = None
         self.keys: dict[str, None] = {}  # functions the worker holds, oldest first
         self.killed = False
+        self.chunks_done = 0  # since the process started, for ``max_tasks``
         self.thread = threading.Thread(
             target=self._loop, name=f"just_distribute-compute-{index}", daemon=True
         )
@@ -80,6 +81,7 @@ class _Worker:
         self.conn = parent_sock
         self.keys = {}
         self.killed = False
+        self.chunks_done = 0
         self.pid = None
         name = f"compute-{self.index}"
         _wire.send_frame(
@@ -206,10 +208,12 @@ class _Worker:
                 sent = None
                 continue
             owner.running.pop(fut, None)
+            self.chunks_done += 1
+            retire = owner.max_tasks is not None and self.chunks_done >= owner.max_tasks
             # Hand the worker its next chunk before unpickling this reply, so that the
             # worker computes while the caller rebuilds the results.
             sent = None
-            if not stopping:
+            if not stopping and not retire:
                 try:
                     nxt = owner.queue.get_nowait()
                 except queue.Empty:
@@ -220,6 +224,11 @@ class _Worker:
                 if nxt is not None and self._send(nxt):
                     sent = nxt[3]
             self._deliver(reply, fut)
+            if retire:
+                # maxtasksperchild: a planned exit, not a crash; the next chunk that comes
+                # to this feeder starts a fresh process.
+                log.debug("worker %s retires after %d chunks", self.pid, self.chunks_done)
+                self.stop()
         self.stop()
 
     def _deliver(self, reply: bytearray, fut: ChunkFuture) -> None:
@@ -267,6 +276,9 @@ class ProcessExecutor(Executor):
         workers: the number of worker processes.
         initializer: called once in each worker process before its first chunk.
         initargs: the arguments for ``initializer``.
+        max_tasks: replace a worker process after it has run this many chunks (the
+            ``maxtasksperchild`` of ``multiprocessing.Pool``, whose tasks are chunks too);
+            ``None`` keeps workers for the life of the pool.
     """
 
     name = "compute"
@@ -280,8 +292,10 @@ class ProcessExecutor(Executor):
         workers: int,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        max_tasks: int | None = None,
     ) -> None:
         super().__init__(workers)
+        self.max_tasks = max_tasks
         self.queue: queue.SimpleQueue[tuple[Payload, bytes, bool, ChunkFuture] | None] = (
             queue.SimpleQueue()
         )

@@ -376,7 +376,7 @@ def _launch(
     workers: int, host: str, port: int, dashboard_port: int, files: _tls.TlsFiles | None
 ) -> ServiceHandle:
     cmd = [
-        sys.executable, "-m", "just_distribute.service", "--workers", str(workers),
+        sys.executable, "-m", "just_distribute", "cluster", "--workers", str(workers),
         "--host", host, "--port", str(port), "--dashboard-port", str(dashboard_port),
         "--parent-pid", str(os.getpid()),
     ]
@@ -436,13 +436,7 @@ def _launch(
     return ServiceHandle(proc, info, log_file, files)
 
 
-def _standalone(argv: list[str] | None = None) -> int:
-    """``python -m just_distribute.service``: the ``cluster`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="just-distribute cluster")
-    configure(parser)
-    logging.basicConfig(level=logging.WARNING)
-    return main(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    from .cli import main as _cli
+
+    sys.exit(_cli(["cluster", *sys.argv[1:]]))

@@ -112,13 +112,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _standalone(argv: list[str] | None = None) -> int:
-    """``python -m just_distribute.service_worker``: the ``worker`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="just-distribute worker")
-    configure(parser)
-    logging.basicConfig(level=logging.WARNING)
-    return main(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    from .cli import main as _cli
+
+    sys.exit(_cli(["worker", *sys.argv[1:]]))

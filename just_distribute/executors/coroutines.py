@@ -37,7 +37,10 @@ class CoroutineExecutor(Executor):
     """Runs ``async def`` calls as ``workers`` consumers on one event loop."""
 
     name = "web"
-    chunks_per_worker = 16
+    # Every chunk costs the caller's thread some Python work while it holds the GIL that
+    # the event loop needs for its requests: 5,000 GETs on 200 consumers ran at 0.7-0.9x a
+    # hand-written gather with 16 chunks per consumer, 1.1-1.2x with 2.
+    chunks_per_worker = 2
     in_flight_per_worker = 2
     target_chunk_seconds = 0.01
 

@@ -63,17 +63,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def given_tls_files(args: argparse.Namespace) -> _tls.TlsFiles | None:
+    """The files of --tls-ca/--tls-cert/--tls-key, or None when none is given.
+
+    Raises:
+        ValueError: only some of the three were given.
+    """
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
+    return _tls.resolve((args.tls_ca, args.tls_cert, args.tls_key))
+
+
 def tls_from_args(args: argparse.Namespace) -> _tls.TlsFiles | None:
     """The TLS files named or requested on the command line (made if asked to).
 
     Raises:
         ValueError: only some of --tls-ca/--tls-cert/--tls-key were given.
     """
-    given = [args.tls_ca, args.tls_cert, args.tls_key]
-    if any(given):
-        if not all(given):
-            raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
-        return _tls.resolve((args.tls_ca, args.tls_cert, args.tls_key))
+    files = given_tls_files(args)
+    if files is not None:
+        return files
     if args.tls:
         extra = [args.host] if getattr(args, "host", None) else []
         return _tls.generate(args.tls_dir, extra)

@@ -19,6 +19,7 @@ import sys
 from . import _tls
 from .config import usable_cpus
 from .errors import MissingExtraError
+from .service import given_tls_files
 
 __all__ = ["configure", "main"]
 
@@ -44,11 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _tls_files(args: argparse.Namespace) -> _tls.TlsFiles | None:
-    given = [args.tls_ca, args.tls_cert, args.tls_key]
-    if any(given):
-        if not all(given):
-            raise ValueError("--tls-ca, --tls-cert and --tls-key go together: give all three")
-        return _tls.resolve((args.tls_ca, args.tls_cert, args.tls_key))
+    files = given_tls_files(args)
+    if files is not None:
+        return files
     if args.tls_dir:
         return _tls.resolve(args.tls_dir)
     if args.address.startswith("tls://") and os.environ.get("JUST_DISTRIBUTE_TLS"):

@@ -6,49 +6,105 @@
 ...     return 2 * x
 >>> double([1, 2, 3])
 [2, 4, 6]
+
+The public names load their module on first use (as ``concurrent.futures`` does), so a
+worker process that only runs chunks imports none of the front-ends.
 """
 
-from .config import Options, config
-from .decorator import Distributed, DistributeOptions, RunResult, distribute
-from .errors import (
-    CallTimeoutError,
-    ClusterUnreachableError,
-    JustDistributeError,
-    MissingExtraError,
-    ReceiveError,
-    RemoteTraceback,
-    SendError,
-    WorkerLostError,
-)
-from .executors import Executor, register_executor
-from .pool import Pool
-from .report import RunReport, WorkerStats
-from .tasks import LazyCall, LazyFunction, compute_this
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+# Eager, and light (the standard library only): the function ``config`` shares its name
+# with its module, which would otherwise replace it here once anything imports the module.
+from just_distribute.config import Options, config
+
+if TYPE_CHECKING:
+    from just_distribute.decorator import Distributed, DistributeOptions, RunResult, distribute
+    from just_distribute.errors import (
+        CallTimeoutError,
+        ClusterUnreachableError,
+        InitializerError,
+        JustDistributeError,
+        MissingExtraError,
+        PoolTerminatedError,
+        ReceiveError,
+        RemoteTraceback,
+        SendError,
+        WorkerLostError,
+    )
+    from just_distribute.executors import Executor, register_executor
+    from just_distribute.executors.base import ChunkFuture, Task
+    from just_distribute.executors.chunk import CallError, ChunkResult
+    from just_distribute.pool import AsyncResult, Pool
+    from just_distribute.report import RunReport, WorkerStats
+    from just_distribute.tasks import LazyCall, LazyFunction, compute_this
 
 __version__ = "0.1.0"
 
+# A library logs, the application decides where it goes: without this, Python's
+# last-resort handler would print our warnings (retries, timeouts) to stderr.
+logging.getLogger("just_distribute").addHandler(logging.NullHandler())
+
+_WHERE = {
+    "Distributed": "decorator", "DistributeOptions": "decorator", "RunResult": "decorator",
+    "distribute": "decorator",
+    "CallTimeoutError": "errors", "ClusterUnreachableError": "errors",
+    "InitializerError": "errors", "JustDistributeError": "errors",
+    "MissingExtraError": "errors", "PoolTerminatedError": "errors", "ReceiveError": "errors",
+    "RemoteTraceback": "errors", "SendError": "errors", "WorkerLostError": "errors",
+    "Executor": "executors", "register_executor": "executors",
+    "ChunkFuture": "executors.base", "Task": "executors.base",
+    "CallError": "executors.chunk", "ChunkResult": "executors.chunk",
+    "AsyncResult": "pool", "Pool": "pool",
+    "RunReport": "report", "WorkerStats": "report",
+    "LazyCall": "tasks", "LazyFunction": "tasks", "compute_this": "tasks",
+}
+
 __all__ = [
+    "Options",
+    "config",
+    "AsyncResult",
+    "CallError",
     "CallTimeoutError",
+    "ChunkFuture",
+    "ChunkResult",
     "ClusterUnreachableError",
     "DistributeOptions",
     "Distributed",
     "Executor",
+    "InitializerError",
     "JustDistributeError",
     "LazyCall",
     "LazyFunction",
     "MissingExtraError",
-    "Options",
     "Pool",
+    "PoolTerminatedError",
     "ReceiveError",
     "RemoteTraceback",
     "RunReport",
     "RunResult",
     "SendError",
+    "Task",
     "WorkerLostError",
     "WorkerStats",
     "__version__",
     "compute_this",
-    "config",
     "distribute",
     "register_executor",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _wire
-from .planning import Plan
+from just_distribute.executors import wire as _wire
+from just_distribute.planning import Plan
 
 __all__ = ["FileCheckpoint", "fingerprint", "open_checkpoint"]
 

@@ -17,11 +17,11 @@ __all__ = ["main"]
 _COMMANDS = {
     "demo": ("just_distribute.demo", "run the demo: every job, serial against distributed"),
     "cluster": (
-        "just_distribute.service",
+        "just_distribute.service.serve",
         "start the function service: a dask scheduler and N one-at-a-time workers",
     ),
-    "worker": ("just_distribute.service_worker", "join workers to a running function service"),
-    "loadtest": ("just_distribute.loadtest", "measure the function service's throughput"),
+    "worker": ("just_distribute.service.worker", "join workers to a running function service"),
+    "loadtest": ("just_distribute.loadtest.command", "measure the function service's throughput"),
 }
 
 

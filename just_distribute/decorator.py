@@ -6,23 +6,21 @@ import asyncio
 import functools
 import itertools
 import types
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, overload
 
 from typing_extensions import ParamSpec, Unpack
 
-from . import _wire
-from ._chunk import AsyncOneCall, BlockingCall, OneCall
-from ._initializer import NATIVE_INITIALIZER, Initialized
-from .config import Options, resolve_options
-from .engine import decorate_error, execute
-from .executors import Executor, Payload, RunScope, Task, canonical_job, get_executor
-from .executors.coroutines import is_async
-from .planning import FunctionInfo, Plan, analyse, make_plan
-from .progress import make_progress
-from .report import RunReport
+from just_distribute.calls import AsyncOneCall, OneCall, adapt
+from just_distribute.config import Options, resolve_options
+from just_distribute.engine import decorate_error, execute
+from just_distribute.executors import Executor, Payload, RunScope, Task, canonical_job, executor_for
+from just_distribute.executors import wire as _wire
+from just_distribute.executors.base import is_async
+from just_distribute.planning import FunctionInfo, Plan, analyse, make_plan
+from just_distribute.progress import make_progress
+from just_distribute.report import RunReport
 
 __all__ = ["DistributeOptions", "Distributed", "RunResult", "distribute"]
 
@@ -122,8 +120,6 @@ class Distributed(Generic[P, R]):
         self._info = info if info is not None else analyse(fn)
         self._instance = instance
         self._method_info: FunctionInfo | None = None
-        # Names this function's initializer in worker processes: it runs once per process.
-        self._init_key = uuid.uuid4().hex
 
     # -- plumbing --------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -172,52 +168,36 @@ class Distributed(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], materialize: bool
     ) -> tuple[Plan, Options, Executor | None]:
         options = resolve_options(self._explicit)
-        chosen: list[Executor] = []
+        chosen: list[tuple[Executor, bool]] = []
 
         def executor() -> Executor:
             if not chosen:
-                chosen.append(self._executor(options))
-            return chosen[0]
+                chosen.append(executor_for(options))
+            return chosen[0][0]
 
         def workers() -> int:
             return executor().workers or 1
 
-        fn = self._callable()
         plan = make_plan(
-            self._info, fn, args, kwargs, workers=workers, autobatch=options.autobatch,
-            batches=options.batches, flatten=options.flatten, materialize=materialize,
+            self._info, self._callable(), args, kwargs, workers=workers,
+            autobatch=options.autobatch, batches=options.batches, flatten=options.flatten,
+            materialize=materialize,
         )
         if plan.n == 0:
             return plan, options, None
         ex = executor()
-        if is_async(self.__wrapped__) and ex.name != "web":
-            plan.fn = BlockingCall(plan.fn)
+        # The checkpoint's key sees through these wrappers to the function itself.
+        plan.fn = adapt(plan.fn, ex, options.initializer, options.initargs, chosen[0][1])
         return plan, options, ex
-
-    def _executor(self, options: Options) -> Executor:
-        """The executor for a run; process jobs get the initializer through the calls."""
-        native = isinstance(options.job, str) and canonical_job(options.job) in NATIVE_INITIALIZER
-        ex = get_executor(options if native else options.replace(initializer=None, initargs=()))
-        if ex.check_nesting():
-            ex = get_executor(options.replace(job="serial", initializer=None, initargs=()))
-        return ex
-
-    def _initialized(self, fn: Callable[..., Any], options: Options, ex: Executor) -> Any:
-        """``fn`` wrapped to run the initializer once per worker process, where needed."""
-        if options.initializer is None or ex.name in NATIVE_INITIALIZER:
-            return fn
-        return Initialized(fn, options.initializer, options.initargs, self._init_key)
 
     def _chunks(
         self, plan: Plan, options: Options, ex: Executor, ordered: bool, report: RunReport | None
     ) -> Iterator[list[Any]]:
         checkpoint = None
         if options.checkpoint is not None:
-            from .checkpoint import open_checkpoint
+            from just_distribute.checkpoint import open_checkpoint
 
             checkpoint = open_checkpoint(options.checkpoint, self.__wrapped__, plan)
-        # After the checkpoint: its key covers the function, not this process's wrapper.
-        plan.fn = self._initialized(plan.fn, options, ex)
         # The bar last: nothing may fail between its creation and the engine that closes it.
         unit = "element" if plan.batch_columns else "call"
         progress = make_progress(options.progress, plan.total_units, self._info.name, unit)
@@ -294,11 +274,8 @@ class Distributed(Generic[P, R]):
         """
         self._info.signature.bind(*args, **kwargs)
         options = resolve_options(self._explicit)
-        ex = self._executor(options)
-        target = self._callable()
-        if is_async(target) and ex.name != "web":
-            target = BlockingCall(target)
-        target = self._initialized(target, options, ex)
+        ex, native = executor_for(options)
+        target = adapt(self._callable(), ex, options.initializer, options.initargs, native)
         maker = AsyncOneCall if is_async(target) else OneCall
         call = maker(target, tuple(args), dict(kwargs))
         inner = ex.submit(Task(Payload(call, self._info.name), ([None],), True, RunScope()))

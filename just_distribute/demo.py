@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import usable_cpus
-from .decorator import Distributed, distribute
+from just_distribute.config import usable_cpus
+from just_distribute.decorator import Distributed, distribute
 
 __all__ = ["configure", "main"]
 
@@ -57,7 +57,7 @@ def wait_and_echo(item: int, *, wait: float) -> int:
 @distribute(job="web", workers=100)
 async def fetch(item: int, *, url: str, delay: float) -> int:
     """Web: one GET to the demo server, through the run's shared session."""
-    from . import web
+    from just_distribute import web
 
     params = {"i": str(item), "delay": str(delay)}
     async with web.session().get(url, params=params) as response:

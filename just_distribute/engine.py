@@ -19,18 +19,18 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol
 
-from ._chunk import ChunkResult
-from .config import Options
-from .errors import (
+from just_distribute.config import Options
+from just_distribute.errors import (
     CallTimeoutError,
     ReceiveError,
     RemoteTraceback,
     SendError,
     WorkerLostError,
 )
-from .executors.base import ChunkFuture, Executor, Payload, RunScope, Task
-from .planning import Plan
-from .report import RunReport
+from just_distribute.executors.base import ChunkFuture, Executor, Payload, RunScope, Task
+from just_distribute.executors.chunk import ChunkResult
+from just_distribute.planning import Plan
+from just_distribute.report import RunReport
 
 __all__ = ["Checkpoint", "Progress", "execute"]
 

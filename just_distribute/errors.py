@@ -3,7 +3,19 @@
 An exception raised *inside* the user's function reaches the caller as itself (same type,
 same arguments), with the worker's traceback as ``__cause__`` and a note naming the failed
 call. The classes below are for failures of just_distribute's own machinery: one class per
-cause, each message saying what to do about it.
+cause, each message saying what to do about it::
+
+    Exception
+     +-- RemoteTraceback            the worker's traceback, attached as __cause__
+     +-- JustDistributeError        every failure of the machinery itself
+          +-- WorkerLostError       a worker process died running a call (exit code, reason)
+          +-- SendError (TypeError) a function or argument could not be sent to a worker
+          +-- ReceiveError          a result could not be sent back or rebuilt here
+          +-- CallTimeoutError (TimeoutError)          a call ran past ``timeout=``
+          +-- ClusterUnreachableError (ConnectionError) the dask scheduler did not answer
+          +-- MissingExtraError (ImportError)          an optional dependency is missing
+          +-- InitializerError      ``initializer=`` raised in a worker before its first call
+          +-- PoolTerminatedError   the Pool was terminated before the call finished
 """
 
 from __future__ import annotations
@@ -13,8 +25,10 @@ import signal
 __all__ = [
     "CallTimeoutError",
     "ClusterUnreachableError",
+    "InitializerError",
     "JustDistributeError",
     "MissingExtraError",
+    "PoolTerminatedError",
     "ReceiveError",
     "RemoteTraceback",
     "SendError",
@@ -103,3 +117,15 @@ class MissingExtraError(JustDistributeError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+
+class InitializerError(JustDistributeError):
+    """The ``initializer`` raised in a worker process before its first call.
+
+    The worker's traceback is in the message; the next call starts a fresh worker and
+    tries the initializer again.
+    """
+
+
+class PoolTerminatedError(JustDistributeError):
+    """The :class:`~just_distribute.Pool` was terminated before this call finished."""

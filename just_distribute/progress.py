@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from .config import ProgressOption
+from just_distribute.config import ProgressOption
 
 __all__ = ["ProgressBar", "ProgressCallback", "ProgressOption", "make_progress"]
 

@@ -27,8 +27,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from typing_extensions import ParamSpec, Unpack
 
-from .decorator import Distributed, DistributeOptions
-from .errors import CallTimeoutError
+from just_distribute.decorator import Distributed, DistributeOptions
+from just_distribute.errors import CallTimeoutError
 
 __all__ = ["LazyCall", "LazyFunction", "compute_this"]
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingExtraError
-from .executors.base import RunScope
+from just_distribute.errors import MissingExtraError
+from just_distribute.executors.base import RunScope, current_run
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["session"]
 
-_current_run: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
-    "just_distribute_web_run", default=None
-)
 
 _KEY = "aiohttp.ClientSession"
 
@@ -39,7 +35,7 @@ def session() -> aiohttp.ClientSession:
         RuntimeError: called outside a call run by ``job="web"``.
         MissingExtraError: aiohttp is not installed.
     """
-    run = _current_run.get()
+    run = current_run.get()
     if run is None:
         raise RuntimeError(
             "just_distribute.web.session() works only inside an async function run by "
@@ -73,11 +69,11 @@ async def run_with_scope(
     processes), each call on an event loop of its own.
     """
     scope = RunScope()
-    token = _current_run.set(scope)
+    token = current_run.set(scope)
     try:
         return await fn(*args, **kwargs)
     finally:
-        _current_run.reset(token)
+        current_run.reset(token)
         made = scope.resources.get(_KEY)
         if made is not None:
             await made.close()

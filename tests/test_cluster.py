@@ -239,14 +239,23 @@ def test_embedded_cluster_is_started_once_and_reused() -> None:
     assert f(range(5)) == [0, 1, 4, 9, 16]
     g = distribute(job="dask", workers=EMBEDDED_WORKERS)(lambda x: x + 1)
     assert g(range(3)) == [1, 2, 3]
+    from just_distribute import Pool
     from just_distribute.config import resolve_options
     from just_distribute.executors import get_executor
+    from just_distribute.executors.cluster import ClusterExecutor
 
     ex = get_executor(resolve_options({"job": "cluster", "workers": EMBEDDED_WORKERS}))
-    service = ex._service  # type: ignore[attr-defined]
-    assert service is not None and service.running
-    assert service.address.startswith("tcp://127.0.0.1:")
+    assert isinstance(ex, ClusterExecutor)
+    address = ex.client().scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    ex.refresh()
     assert ex.workers == EMBEDDED_WORKERS
+    # A Pool on the embedded cluster has a client of its own, to the same cluster.
+    with Pool(EMBEDDED_WORKERS, job="cluster") as pool:
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        pool_ex = pool._executor.inner  # type: ignore[attr-defined]
+        assert pool_ex is not ex and pool_ex.client().scheduler.address == address
+    assert ex.client().scheduler.address == address and f(range(2)) == [0, 1]
 
 
 def nap(seconds: float) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from just_distribute import cli, loadtest
+from just_distribute.loadtest import command as loadtest_command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +31,7 @@ class Run:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    loadtest.configure(parser)
+    loadtest_command.configure(parser)
     return parser.parse_args(argv)
 
 

@@ -16,10 +16,11 @@ import psutil
 import pytest
 from fixtures_cluster import read_announcement, service_command
 
-from just_distribute import ClusterUnreachableError, _tls, compute_this, distribute
+from just_distribute import ClusterUnreachableError, compute_this, distribute
 from just_distribute.config import resolve_options
 from just_distribute.executors import get_executor
 from just_distribute.service import ServiceHandle, configure, insecure_warning, main
+from just_distribute.service import tls as _tls
 
 
 def square(x: int) -> int:

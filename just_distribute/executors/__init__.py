@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Options, usable_cpus
-from .base import ChunkFuture, Executor, Payload, RunScope, Task
+from just_distribute.config import Options, usable_cpus
+from just_distribute.executors.base import ChunkFuture, Executor, Payload, RunScope, Task
 
 __all__ = [
     "ChunkFuture",
@@ -28,8 +28,10 @@ __all__ = [
     "canonical_job",
     "create_executor",
     "default_workers",
+    "executor_for",
     "get_executor",
     "job_names",
+    "owned_executor",
     "register_executor",
     "shutdown_all",
 ]
@@ -139,7 +141,7 @@ def get_executor(options: Options) -> Executor:
             key: tuple[Any, ...] = ("futures", id(job))
             with _lock:
                 if key not in _cache:
-                    from .futures import FuturesExecutor
+                    from just_distribute.executors.futures import FuturesExecutor
 
                     _cache[key] = FuturesExecutor(job)
                 return _cache[key]
@@ -152,6 +154,9 @@ def get_executor(options: Options) -> Executor:
     key = (name, workers, options.address, options.initializer, options.initargs, options.tls)
     with _lock:
         existing = _cache.get(key)
+        if existing is not None and existing.closed:
+            del _cache[key]
+            existing = None
     if existing is not None:
         return existing
     made = _factory(name)(options.replace(job=name, workers=workers))
@@ -160,6 +165,55 @@ def get_executor(options: Options) -> Executor:
     if kept is made:
         log.info("job %r: started a shared pool of %s workers", name, made.workers)
     return kept
+
+
+def executor_for(options: Options) -> tuple[Executor, bool]:
+    """The shared executor of a run, and whether it runs ``options.initializer`` itself.
+
+    A call made inside one of the job's own workers gets the serial executor instead (the
+    pool is busy with the outer call). Executors that run initializers natively get one
+    pool per ``(initializer, initargs)``; the others share one pool, and the front-end wraps
+    each call in :class:`~just_distribute.calls.Initialized`. The executor's worker count is
+    brought up to date (:meth:`Executor.refresh`).
+    """
+    plain = options.replace(initializer=None, initargs=())
+    ex = get_executor(plain)
+    if ex.check_nesting():
+        ex = get_executor(plain.replace(job="serial"))
+    native = False
+    if options.initializer is not None and ex.native_initializer and isinstance(
+        options.job, str
+    ):
+        ex = get_executor(options.replace(job=ex.name))
+        native = True
+    ex.refresh()
+    return ex, native
+
+
+def owned_executor(options: Options, max_tasks: int | None = None) -> tuple[Executor, bool]:
+    """A new executor that the caller owns (``Pool``), and whether it runs the initializer.
+
+    Args:
+        options: as for :func:`create_executor`.
+        max_tasks: chunks a worker runs before it is replaced, where the executor
+            ``recycles_workers``; elsewhere it is logged as ignored.
+    """
+    plain = options.replace(initializer=None, initargs=())
+    made = create_executor(plain)
+    native = options.initializer is not None and made.native_initializer
+    if native:
+        made.shutdown(wait=True)  # nothing started yet: made again, with the initializer
+        made = create_executor(options)
+    if max_tasks is not None:
+        if made.recycles_workers:
+            made.max_tasks = max_tasks
+        else:
+            log.warning(
+                "maxtasksperchild=%d is ignored on job=%r: its workers are not recycled",
+                max_tasks, made.name,
+            )
+    made.refresh()
+    return made, native
 
 
 def shutdown_all(address: str | None = None) -> None:
@@ -181,30 +235,30 @@ atexit.register(shutdown_all)
 
 
 def _make_processes(o: Options) -> Executor:
-    from .processes import ProcessExecutor
+    from just_distribute.executors.processes import ProcessExecutor
 
     assert o.workers is not None
     return ProcessExecutor(o.workers, o.initializer, o.initargs)
 
 
 def _make_threads(o: Options) -> Executor:
-    from .threads import ThreadExecutor
+    from just_distribute.executors.threads import ThreadExecutor
 
     assert o.workers is not None
     return ThreadExecutor(o.workers, o.initializer, o.initargs)
 
 
 def _make_coroutines(o: Options) -> Executor:
-    from .coroutines import CoroutineExecutor
+    from just_distribute.executors.coroutines import CoroutineExecutor
 
     assert o.workers is not None
     return CoroutineExecutor(o.workers, o.initializer, o.initargs)
 
 
 def _make_serial(o: Options) -> Executor:
-    from .serial import SerialExecutor
+    from just_distribute.executors.serial import SerialExecutor
 
-    return SerialExecutor(1)
+    return SerialExecutor(o.initializer, o.initargs)
 
 
 register_executor("compute", _make_processes, aliases=("processes", "process"))
@@ -216,9 +270,14 @@ register_executor(
     "web", _make_coroutines, aliases=("coroutines", "async"), default_workers=lambda: 64
 )
 register_executor("serial", _make_serial, default_workers=lambda: 1)
+def _make_cluster(o: Options) -> Executor:
+    from just_distribute.executors.cluster import create
+
+    return create(o)
+
+
 register_executor(
-    "cluster", "just_distribute.executors.cluster:create", aliases=("dask", "distributed"),
-    default_workers=lambda: None,
+    "cluster", _make_cluster, aliases=("dask", "distributed"), default_workers=lambda: None
 )
 
 
@@ -226,7 +285,7 @@ def _adapt_dask_client(job: Any, options: Options) -> Executor | None:
     # Checked by module name so that dask is imported only for a dask object.
     if type(job).__module__.partition(".")[0] != "distributed":
         return None
-    from .cluster import adapt_client
+    from just_distribute.executors.cluster import adapt_client
 
     return adapt_client(job, options)
 

@@ -1,24 +1,33 @@
 """The small interface every backend implements.
 
 An executor knows how to run a chunk of calls somewhere and hand back a future of its
-:class:`~just_distribute._chunk.ChunkResult`. It knows nothing of argument roles, ordering,
+:class:`~just_distribute.executors.chunk.ChunkResult`. It knows nothing of argument roles, ordering,
 progress, retries or timeouts: that policy lives once, in the engine.
 """
 
 from __future__ import annotations
 
 import abc
+import contextvars
 import hashlib
+import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
-from .._chunk import ChunkResult
-from ..errors import SendError
+from just_distribute.errors import SendError
+from just_distribute.executors.chunk import ChunkResult
 
-__all__ = ["ChunkFuture", "Executor", "Payload", "RunScope", "Task"]
+__all__ = ["ChunkFuture", "Executor", "Payload", "RunScope", "Task", "current_run", "is_async"]
+
+
+def is_async(fn: Any) -> bool:
+    """True if calling ``fn`` returns an awaitable (``async def``, also behind partial)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
 
 
 class ChunkFuture(Future[ChunkResult]):
@@ -62,12 +71,12 @@ class Payload:
         """
         with self._lock:
             if self._bytes is None:
-                from .._wire import dumps_function
+                from just_distribute.executors.wire import dumps_function
 
                 try:
                     self._bytes = dumps_function(self.fn)
                 except Exception as exc:
-                    from .._sendable import explain_function
+                    from just_distribute.executors.sendable import explain_function
 
                     why = explain_function(self.fn) or f"{type(exc).__name__}: {exc}"
                     raise SendError(
@@ -102,6 +111,13 @@ class RunScope:
             closer()
 
 
+#: The run whose call is executing in this context (the web job sets it for each call), so
+#: that :func:`just_distribute.web.session` can share one HTTP session per run.
+current_run: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
+    "just_distribute_web_run", default=None
+)
+
+
 class Task:
     """One chunk of calls to run: the function, the columns, what to do on an error."""
 
@@ -131,6 +147,19 @@ class Executor(abc.ABC):
             threads and coroutines (chunks are free, balance matters).
         in_flight_per_worker: chunks handed over per worker before the engine waits.
         target_chunk_seconds: the chunk duration adaptive chunking aims for.
+
+    Capabilities (what the front-ends ask instead of testing a job's name):
+
+    Attributes:
+        awaits_coroutines: runs ``async def`` functions natively (awaits them on its own
+            loop); elsewhere they are wrapped to run on an event loop of their own per call.
+        native_initializer: runs ``initializer=`` itself, once per worker, when its factory
+            is given one; elsewhere each call is wrapped to run it once per process.
+        recycles_workers: honours :attr:`max_tasks` (``Pool(maxtasksperchild=N)``).
+        runs_inline: runs every call in the caller's own thread (no helper threads).
+        workers: how many calls it runs at once: a plain number; :meth:`refresh` updates
+            it where the backend can change size (a cluster).
+        max_tasks: with ``recycles_workers``, chunks a worker runs before it is replaced.
     """
 
     name: ClassVar[str] = "?"
@@ -138,9 +167,22 @@ class Executor(abc.ABC):
     chunks_per_worker: ClassVar[int] = 4
     in_flight_per_worker: ClassVar[int] = 2
     target_chunk_seconds: ClassVar[float] = 0.02
+    awaits_coroutines: ClassVar[bool] = False
+    native_initializer: ClassVar[bool] = False
+    recycles_workers: ClassVar[bool] = False
+    runs_inline: ClassVar[bool] = False
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.max_tasks: int | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether it was shut down (the registry then makes a new one)."""
+        return False
+
+    def refresh(self) -> None:  # noqa: B027 - optional hook
+        """Bring :attr:`workers` up to date (a cluster counts its threads); cheap if fresh."""
 
     @abc.abstractmethod
     def submit(self, task: Task) -> ChunkFuture:
@@ -163,6 +205,6 @@ class Executor(abc.ABC):
         The default: a call made from inside one of this job's own workers runs serially
         in that worker, because the pool is busy with the outer call.
         """
-        from .._chunk import current_job
+        from just_distribute.executors.chunk import current_job
 
         return current_job.get() == self.name

@@ -33,6 +33,7 @@ task cannot be stopped, so a timed-out call is abandoned (its result ignored), n
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import re
@@ -46,10 +47,8 @@ from collections import OrderedDict
 from concurrent.futures import InvalidStateError
 from typing import Any
 
-from .. import _tls, _wire
-from .._chunk import ChunkResult, current_job, run_chunk
-from ..config import Options, usable_cpus
-from ..errors import (
+from just_distribute.config import Options, usable_cpus
+from just_distribute.errors import (
     ClusterUnreachableError,
     JustDistributeError,
     MissingExtraError,
@@ -57,7 +56,11 @@ from ..errors import (
     SendError,
     WorkerLostError,
 )
-from .base import ChunkFuture, Executor, Payload, Task
+from just_distribute.executors import wire as _wire
+from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
+from just_distribute.executors.chunk import ChunkResult, current_job, run_chunk
+from just_distribute.service import tls as _tls
+from just_distribute.service.launch import on_stop, start_service
 
 __all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create"]
 
@@ -99,7 +102,7 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
     """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome."""
     from distributed import get_worker
 
-    from ._worker import _portable_result
+    from just_distribute.executors.process_main import _portable_result
 
     try:
         fn = _load_function(key, payload)
@@ -150,7 +153,7 @@ class ClusterExecutor(Executor):
         workers: worker processes of the embedded cluster (default: usable CPUs); ignored
             when an address or a client is given (the cluster has its own size).
         address: the scheduler address; None starts the embedded cluster.
-        tls: TLS settings for ``address`` (see :mod:`just_distribute._tls`).
+        tls: TLS settings for ``address`` (see :mod:`just_distribute.service.tls`).
         connect_timeout: seconds to wait for the scheduler to answer.
         client: a dask ``Client`` to use as it is (not closed here).
     """
@@ -180,7 +183,6 @@ class ClusterExecutor(Executor):
         self._connect_timeout = connect_timeout
         self._user_client = weakref.ref(client) if client is not None else None
         self._client: Any = None
-        self._service: Any = None
         self._scattered: dict[str, Any] = {}
         self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
         self._started_by_key: dict[str, ChunkFuture] = {}  # chunks not yet started
@@ -191,20 +193,26 @@ class ClusterExecutor(Executor):
         self._settler: threading.Thread | None = None
         self._threads: tuple[float, int] | None = None
         self._closed = False
-        super().__init__(0)
+        self._scheduler: str | None = None  # the address connected to
+        super().__init__(workers or 1)
+        _live.add(self)
 
     # -- connection ----------------------------------------------------------------------
-    @property
-    def workers(self) -> int:
-        """The cluster's total thread count (each worker thread runs one chunk at a time)."""
+    def refresh(self) -> None:
+        """Count the cluster's worker threads now (each runs one chunk at a time).
+
+        Called once per run, before chunks are sized; ``workers`` itself is a plain value.
+
+        Raises:
+            ClusterUnreachableError: no scheduler answered, or it has no workers in time.
+        """
         now = time.monotonic()
         cached = self._threads
-        if cached is not None and (self._closed or now - cached[0] < 1.0):
-            return cached[1]
-        if self._closed:
-            return 0
+        if self._closed or (cached is not None and now - cached[0] < 1.0):
+            return
         if self._client is None and self._user_client is None and self.check_nesting():
-            return 1  # nested calls run serially: no cluster is started from inside one
+            self.workers = 1  # nested calls run serially: no cluster is started from inside
+            return
         client = self.client()
         threads = sum(client.nthreads().values())
         if threads == 0:  # a service that is still starting its workers
@@ -218,12 +226,7 @@ class ClusterExecutor(Executor):
                 ) from None
             threads = sum(client.nthreads().values())
         self._threads = (now, max(1, threads))
-        return self._threads[1]
-
-    @workers.setter
-    def workers(self, value: int) -> None:
-        # The base class stores a count at construction; the cluster's own count rules.
-        pass
+        self.workers = self._threads[1]
 
     def client(self) -> Any:
         """The dask ``Client``, connecting (or starting the embedded cluster) on first use.
@@ -263,15 +266,8 @@ class ClusterExecutor(Executor):
     def _connect(self) -> Any:
         distributed = _import_distributed()
         if self._address is None:
-            from ..service import start_service
-
-            count = self._requested or usable_cpus()
-            self._service = start_service(count)
-            log.info(
-                "embedded dask cluster: %d workers at %s, dashboard %s",
-                count, self._service.address, self._service.dashboard_url or "off",
-            )
-            address, security = self._service.address, None
+            service = _embedded_service(self._requested or usable_cpus())
+            address, security = service.address, None
         else:
             address = self._address
             security = _tls.security(self._tls)
@@ -303,6 +299,7 @@ class ClusterExecutor(Executor):
                 f"{self._connect_timeout}s): {type(exc).__name__}: {exc}.{hint}"
             ) from exc
         log.info("job 'cluster': connected to the dask scheduler at %s", address)
+        self._scheduler = address
         return client
 
     # -- running chunks ------------------------------------------------------------------
@@ -445,12 +442,16 @@ class ClusterExecutor(Executor):
             return True
         return False
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`shutdown` ran (the registry then makes a new executor)."""
+        return self._closed
+
     def shutdown(self, wait: bool = True) -> None:
-        """Close the client this executor opened and stop the embedded cluster."""
+        """Close the client this executor opened (an embedded cluster runs on for others)."""
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
-            service, self._service = self._service, None
             self._scattered.clear()
             pending = list(self._pending.values())
             self._pending.clear()
@@ -472,8 +473,48 @@ class ClusterExecutor(Executor):
                 log.debug("closing the dask client: %s", exc)
             finally:
                 dask_log.setLevel(level)
-        if service is not None:
-            service.stop()
+
+
+#: Every executor of this process, so that a service about to stop can disconnect them.
+_live: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+
+
+def _disconnect(address: str) -> None:
+    """Close the clients connected to ``address``: that service is about to stop."""
+    for ex in list(_live):
+        if ex._scheduler == address:
+            ex.shutdown()
+
+
+on_stop(_disconnect)
+
+#: The embedded clusters of this process, by worker count: a process tree that takes
+#: seconds to start, shared by every executor (decorator, Pool) that has no ``address``.
+_services: dict[int, Any] = {}
+_services_lock = threading.Lock()
+
+
+def _embedded_service(count: int) -> Any:
+    with _services_lock:
+        service = _services.get(count)
+        if service is None or not service.running:
+            if not _services:
+                atexit.register(stop_embedded)
+            service = _services[count] = start_service(count)
+            log.info(
+                "embedded dask cluster: %d workers at %s, dashboard %s",
+                count, service.address, service.dashboard_url or "off",
+            )
+        return service
+
+
+def stop_embedded() -> None:
+    """Stop the embedded clusters this process started (at exit, or by hand)."""
+    with _services_lock:
+        services = list(_services.values())
+        _services.clear()
+    for service in services:
+        service.stop()
 
 
 def create(options: Options) -> Executor:

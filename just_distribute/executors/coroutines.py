@@ -19,24 +19,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._chunk import CallError, ChunkResult, current_job, run_chunk
-from .base import ChunkFuture, Executor, Task
-from .threads import pass_failure
+from just_distribute.executors.base import ChunkFuture, Executor, Task, current_run, is_async
+from just_distribute.executors.chunk import CallError, ChunkResult, current_job, run_chunk
+from just_distribute.executors.threads import pass_failure
 
 __all__ = ["CoroutineExecutor", "is_async"]
-
-
-def is_async(fn: Any) -> bool:
-    """True if calling ``fn`` returns an awaitable (``async def``, also behind partial)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    )
 
 
 class CoroutineExecutor(Executor):
     """Runs ``async def`` calls as ``workers`` consumers on one event loop."""
 
     name = "web"
+    awaits_coroutines = True
+    native_initializer = True
     # Every chunk costs the caller's thread some Python work while it holds the GIL that
     # the event loop needs for its requests: 5,000 GETs on 200 consumers ran at 0.7-0.9x a
     # hand-written gather with 16 chunks per consumer, 1.1-1.2x with 2.
@@ -134,10 +129,8 @@ class CoroutineExecutor(Executor):
                 self._current.pop(fut, None)
 
     async def _run(self, task: Task, fut: ChunkFuture, name: str) -> None:
-        from ..web import _current_run
-
         fn = task.payload.fn
-        run_token = _current_run.set(task.run)
+        run_token = current_run.set(task.run)
         job_token = current_job.set(self.name)
         started = time.time()
         values: list[Any] = []
@@ -153,7 +146,7 @@ class CoroutineExecutor(Executor):
                     values.append(exc)
         finally:
             current_job.reset(job_token)
-            _current_run.reset(run_token)
+            current_run.reset(run_token)
         if not fut.done():
             fut.set_result(ChunkResult(values, errors, name, started, time.time()))
 

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import _wire
-from .._chunk import ChunkResult, run_chunk
-from .base import ChunkFuture, Executor, Task
+from just_distribute.executors import wire as _wire
+from just_distribute.executors.base import ChunkFuture, Executor, Task
+from just_distribute.executors.chunk import ChunkResult, run_chunk
 
 __all__ = ["FuturesExecutor"]
 

@@ -26,22 +26,23 @@ from concurrent.futures import InvalidStateError
 from pathlib import Path
 from typing import Any
 
-from .. import _wire
-from .._chunk import ChunkResult
-from ..errors import JustDistributeError, ReceiveError, SendError, WorkerLostError
-from ._worker import _PAYLOAD_CACHE_SIZE
-from .base import ChunkFuture, Executor, Payload, Task
+from just_distribute.errors import (
+    InitializerError,
+    ReceiveError,
+    SendError,
+    WorkerLostError,
+)
+from just_distribute.executors import wire as _wire
+from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
+from just_distribute.executors.chunk import ChunkResult
+from just_distribute.executors.process_main import _PAYLOAD_CACHE_SIZE
 
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger("just_distribute")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_WORKER_CODE = "from just_distribute.executors._worker import main; main()"
-
-
-class _InitializerFailed(JustDistributeError):
-    pass
+_WORKER_CODE = "from just_distribute.executors.process_main import main; main()"
 
 
 class _Worker:
@@ -90,7 +91,7 @@ class _Worker:
         status, pid, tb = pickle.loads(_wire.recv_frame(self.conn))
         if status != "ready":
             self.proc.wait()
-            raise _InitializerFailed(
+            raise InitializerError(
                 f"the initializer failed in worker process {name}; its traceback:\n{tb}"
             )
         self.pid = pid
@@ -282,6 +283,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "compute"
+    recycles_workers = True
     remote = True
     chunks_per_worker = 4
     in_flight_per_worker = 2
@@ -329,7 +331,7 @@ class ProcessExecutor(Executor):
         try:
             data = _wire.dumps(task.columns)
         except Exception as exc:
-            from .._sendable import explain_columns
+            from just_distribute.executors.sendable import explain_columns
 
             found = explain_columns(task.columns)
             why = f"{type(exc).__name__}: {exc}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from .._chunk import run_chunk
-from .base import ChunkFuture, Executor, Task
+from just_distribute.executors.base import ChunkFuture, Executor, Task
+from just_distribute.executors.chunk import run_chunk
 
 __all__ = ["SerialExecutor"]
 
@@ -14,8 +16,17 @@ class SerialExecutor(Executor):
     """Runs each chunk at once, in the calling thread: for debugging, profiling and pdb."""
 
     name = "serial"
+    runs_inline = True
+    native_initializer = True
     chunks_per_worker = 64
     in_flight_per_worker = 1
+
+    def __init__(
+        self, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
+    ) -> None:
+        super().__init__(1)
+        if initializer is not None:
+            initializer(*initargs)  # the caller's thread is the one worker: run it now
 
     def submit(self, task: Task) -> ChunkFuture:
         """Run the chunk now and return a finished future."""

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any
 
-from .._chunk import run_chunk
-from .base import ChunkFuture, Executor, Task
+from just_distribute.executors.base import ChunkFuture, Executor, Task
+from just_distribute.executors.chunk import run_chunk
 
 __all__ = ["ThreadExecutor"]
 
@@ -39,6 +39,7 @@ class ThreadExecutor(Executor):
     """
 
     name = "io"
+    native_initializer = True
     chunks_per_worker = 16
     in_flight_per_worker = 2
 

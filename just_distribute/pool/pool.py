@@ -30,16 +30,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._chunk import BlockingCall
-from ._initializer import NATIVE_INITIALIZER, Initialized
-from ._pool_apply import ApplyQueue
-from ._pool_stream import IMapIterator, InlineStream, Stream, produce
-from ._pool_support import (
+from just_distribute.calls import adapt
+from just_distribute.config import Options, ProgressOption, resolve_options
+from just_distribute.engine import decorate_error, execute
+from just_distribute.executors import Payload, executor_for, owned_executor
+from just_distribute.executors.base import is_async
+from just_distribute.planning import Plan, short_repr
+from just_distribute.pool.apply import ApplyQueue
+from just_distribute.pool.stream import IMapIterator, InlineStream, Stream, produce
+from just_distribute.pool.support import (
     JOIN_TIMEOUT,
     Apply,
     AsyncApply,
@@ -51,19 +54,7 @@ from ._pool_support import (
     Star,
     terminated,
 )
-from .config import Options, ProgressOption, resolve_options
-from .engine import decorate_error, execute
-from .executors import (
-    Payload,
-    canonical_job,
-    create_executor,
-    default_workers,
-    get_executor,
-)
-from .executors.coroutines import is_async
-from .executors.processes import ProcessExecutor
-from .planning import Plan, short_repr
-from .progress import make_progress
+from just_distribute.progress import make_progress
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 
@@ -159,30 +150,13 @@ class Pool:
         # Errors follow multiprocessing: the first one is raised, never returned as a value.
         self._options: Options = resolve_options(explicit).replace(on_error="raise")
         options = self._options
-        name = canonical_job(options.job) if isinstance(options.job, str) else None
-        native = name in NATIVE_INITIALIZER
-        plain = options if native else options.replace(initializer=None, initargs=())
-        owned = name is not None
-        if name == "cluster" and options.address is None:
-            # The embedded cluster is a process tree that takes seconds to start: share the
-            # registry's, as every distributed function does (it stops at exit).
-            owned = False
-            inner = get_executor(plain)
-        elif maxtasksperchild is not None and name == "compute":
-            workers = plain.workers or default_workers("compute") or 1
-            inner = ProcessExecutor(workers, max_tasks=maxtasksperchild)
+        # A job given by name gets workers of the pool's own; an executor object (or a dask
+        # Client) passed as job= is used as it is and not shut down by the pool.
+        owned = isinstance(options.job, str)
+        if owned:
+            inner, self._native = owned_executor(options, maxtasksperchild)
         else:
-            inner = create_executor(plain) if owned else get_executor(plain)
-        if maxtasksperchild is not None and inner.name != "compute":
-            log.warning(
-                "Pool(maxtasksperchild=%d) is ignored on job=%r: only worker processes of "
-                "the compute job are recycled", maxtasksperchild, inner.name,
-            )
-        self._initialized: str | None = None
-        if initializer is not None and inner.name == "serial":
-            initializer(*options.initargs)  # the caller's thread is the one worker
-        elif initializer is not None and not native:
-            self._initialized = uuid.uuid4().hex  # wrap every call: see Initialized
+            inner, self._native = executor_for(options)
         self._executor = OwnedExecutor(inner, owned)
         self._processes = inner.workers
         self._state = "RUN"
@@ -223,14 +197,8 @@ class Pool:
             self._cond.notify_all()
 
     def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        fn: Callable[..., Any] = func
-        if self._initialized is not None:
-            init = self._options.initializer
-            assert init is not None
-            fn = Initialized(func, init, self._options.initargs, self._initialized)
-        if is_async(func) and self._executor.name != "web":
-            fn = BlockingCall(fn)
-        return fn
+        o = self._options
+        return adapt(func, self._executor, o.initializer, o.initargs, self._native)
 
     def _apply_payload(self, func: Callable[..., Any]) -> Payload:
         """The payload of ``apply`` calls of ``func``: made, and sent to a worker, once."""
@@ -303,7 +271,7 @@ class Pool:
             else:
                 notifier.post(result, values, None)
 
-        if self._executor.name == "serial":
+        if self._executor.runs_inline:
             drive()  # the caller's thread is the one worker (pdb, profilers)
         else:
             threading.Thread(target=drive, name="just_distribute-pool-map", daemon=True).start()
@@ -359,7 +327,7 @@ class Pool:
         self._begin()
         run = self._run(plan, chunksize, ordered, progress)
         stream: Stream
-        if self._executor.name == "serial":
+        if self._executor.runs_inline:
             stream = InlineStream(run, self._release)  # the caller's thread runs the calls
         else:
             stream = Stream(limit=1)

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ._chunk import ChunkResult
-from ._pool_support import AsyncResult, Notifier, OwnedExecutor, terminated
-from .errors import WorkerLostError
-from .executors import Payload, RunScope, Task
-from .planning import short_repr
+from just_distribute.errors import WorkerLostError
+from just_distribute.executors import Payload, RunScope, Task
+from just_distribute.executors.chunk import ChunkResult
+from just_distribute.planning import short_repr
+from just_distribute.pool.support import AsyncResult, Notifier, OwnedExecutor, terminated
 
 __all__ = ["ApplyQueue"]
 
@@ -61,7 +61,7 @@ class ApplyQueue:
         result: AsyncResult[Any],
     ) -> None:
         """Queue one call; it is sent at once if the window has room."""
-        if self.executor.name == "serial":  # in the caller's thread, as serial promises
+        if self.executor.runs_inline:  # in the caller's thread, as serial promises
             with self.cond:
                 self.out += 1
             self._send([(payload, call, result)])

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import usable_cpus
-from .loadtest import RunSummary, TaskRecord, format_table, summarize
+from just_distribute.config import usable_cpus
+from just_distribute.loadtest.records import RunSummary, TaskRecord, format_table, summarize
 
 __all__ = ["machine", "write_plots_and_report"]
 

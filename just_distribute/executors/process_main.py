@@ -35,9 +35,9 @@ def _portable_result(result: Any, stop_on_error: bool) -> bytes:
     A result that cannot be sent back becomes the error of its own call (a
     :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
     """
-    from just_distribute._chunk import CallError, ChunkResult
-    from just_distribute._wire import dumps, loads
     from just_distribute.errors import ReceiveError
+    from just_distribute.executors.chunk import CallError, ChunkResult
+    from just_distribute.executors.wire import dumps, loads
 
     try:
         data = dumps(("ok", result))
@@ -90,7 +90,7 @@ def _portable_result(result: Any, stop_on_error: bool) -> bytes:
 
 
 def _why(value: Any) -> str:
-    from just_distribute._wire import dumps
+    from just_distribute.executors.wire import dumps
 
     try:
         dumps(value)
@@ -100,7 +100,7 @@ def _why(value: Any) -> str:
 
 
 def _picklable(value: Any) -> bool:
-    from just_distribute._wire import dumps
+    from just_distribute.executors.wire import dumps
 
     try:
         dumps(value)
@@ -112,15 +112,15 @@ def _picklable(value: Any) -> bool:
 def main() -> None:
     """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from just_distribute._wire import recv_frame, send_frame
+    from just_distribute.executors.wire import recv_frame, send_frame
 
     conn = socket.socket(fileno=int(sys.argv[1]))
     sys_path, parent_pid, name, init_bytes = pickle.loads(recv_frame(conn))
     sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
-    from just_distribute._chunk import run_chunk
-    from just_distribute._wire import loads
+    from just_distribute.executors.chunk import run_chunk
+    from just_distribute.executors.wire import loads
 
     if init_bytes is not None:
         try:

@@ -11,7 +11,7 @@ import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import _wire
+from just_distribute.executors import wire as _wire
 
 __all__ = ["explain_columns", "explain_function"]
 

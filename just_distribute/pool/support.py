@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._chunk import ChunkResult
-from ._initializer import Initialized
-from .errors import JustDistributeError
-from .executors import ChunkFuture, Executor, Task
+from just_distribute.calls import Initialized
+from just_distribute.errors import PoolTerminatedError
+from just_distribute.executors import ChunkFuture, Executor, Task
+from just_distribute.executors.chunk import ChunkResult
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from just_distribute.pool.pool import Pool
 
 __all__ = [
     "Apply",
@@ -41,10 +41,6 @@ log = logging.getLogger("just_distribute")
 
 T = TypeVar("T")
 JOIN_TIMEOUT = 30.0  # terminate() waits this long for its drivers: they stop within ~1 s
-
-
-class PoolTerminatedError(JustDistributeError):
-    """The pool was terminated before this call finished."""
 
 
 def terminated() -> PoolTerminatedError:
@@ -144,6 +140,10 @@ class OwnedExecutor(Executor):
             chunks_per_worker=inner.chunks_per_worker,
             in_flight_per_worker=inner.in_flight_per_worker,
             target_chunk_seconds=inner.target_chunk_seconds,
+            awaits_coroutines=inner.awaits_coroutines,
+            native_initializer=inner.native_initializer,
+            recycles_workers=inner.recycles_workers,
+            runs_inline=inner.runs_inline,
         )
         self.owned = owned
         self._lock = threading.Lock()
@@ -159,6 +159,10 @@ class OwnedExecutor(Executor):
     @workers.setter
     def workers(self, value: int) -> None:
         pass  # set by the base class; the backend's count rules
+
+    def refresh(self) -> None:
+        """The backend's count, brought up to date."""
+        self.inner.refresh()
 
     def submit(self, task: Task) -> ChunkFuture:
         """Submit to the backend and hand back a future that terminate() can fail."""

@@ -16,10 +16,10 @@ import signal
 import socket
 import sys
 
-from . import _tls
-from .config import usable_cpus
-from .errors import MissingExtraError
-from .service import given_tls_files
+from just_distribute.config import usable_cpus
+from just_distribute.errors import MissingExtraError
+from just_distribute.service import tls as _tls
+from just_distribute.service.serve import given_tls_files
 
 __all__ = ["configure", "main"]
 
@@ -109,9 +109,3 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print("just-distribute: workers stopped", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    from .cli import main as _cli
-
-    sys.exit(_cli(["worker", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from just_distribute.pool.pool import Pool
 
 __all__ = ["IMapIterator", "InlineStream", "Stream", "produce"]
 

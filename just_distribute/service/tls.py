@@ -34,7 +34,7 @@ class TlsFiles(NamedTuple):
 
 
 def _missing_cryptography() -> ImportError:
-    from .errors import MissingExtraError
+    from just_distribute.errors import MissingExtraError
 
     return MissingExtraError("generating TLS certificates (--tls)", "cluster", "cryptography")
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import user_executor  # noqa: F401 - registers the job "user-processes"
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from just_distribute import distribute
 
-JOBS = ["compute", "io", "web", "serial"]
+# The last one is a backend written from public names only (tests/user_executor.py).
+JOBS = ["compute", "io", "web", "serial", "user-processes"]
 
 
 def combine(x: int, y: int, *, scale: int = 1) -> int:

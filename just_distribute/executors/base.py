@@ -1,8 +1,14 @@
 """The small interface every backend implements.
 
 An executor knows how to run a chunk of calls somewhere and hand back a future of its
-:class:`~just_distribute.executors.chunk.ChunkResult`. It knows nothing of argument roles, ordering,
-progress, retries or timeouts: that policy lives once, in the engine.
+:class:`~just_distribute.executors.chunk.ChunkResult`. It knows nothing of argument roles,
+ordering, progress, retries or timeouts: that policy lives once, in the engine.
+
+A backend of one's own needs only the public names (``just_distribute.Executor``,
+``Task``, ``ChunkFuture``, ``ChunkResult``): a :class:`Task` runs itself, here
+(:meth:`Task.run_here`) or, pickled, in another process (:meth:`Task.portable`), and
+:meth:`ChunkFuture.track` mirrors the future of the pool that ran it. See the docs page
+"Writing an executor".
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import abc
 import contextvars
 import hashlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +25,12 @@ from concurrent.futures import Future
 from typing import Any, ClassVar
 
 from just_distribute.errors import SendError
-from just_distribute.executors.chunk import ChunkResult
+from just_distribute.executors.chunk import ChunkResult, run_chunk
 
-__all__ = ["ChunkFuture", "Executor", "Payload", "RunScope", "Task", "current_run", "is_async"]
+__all__ = [
+    "ChunkFuture", "Executor", "Payload", "PortableTask", "RunScope", "Task", "current_run",
+    "is_async",
+]
 
 
 def is_async(fn: Any) -> bool:
@@ -36,6 +46,25 @@ class ChunkFuture(Future[ChunkResult]):
     def __init__(self) -> None:
         super().__init__()
         self.started_at: float | None = None
+
+    def track(self, other: Future[ChunkResult]) -> None:
+        """Take the outcome of ``other`` (a ``concurrent.futures`` future) when it is done.
+
+        Marks this future as started now; a cancelled ``other`` cancels it.
+        """
+        self.mark_started()
+
+        def copy(done: Future[ChunkResult]) -> None:
+            if self.done():
+                return
+            if done.cancelled():
+                self.cancel()
+            elif (exc := done.exception()) is not None:
+                self.set_exception(exc)
+            else:
+                self.set_result(done.result())
+
+        other.add_done_callback(copy)
 
     def mark_started(self) -> bool:
         """Record the start time; return False if the future was cancelled meanwhile."""
@@ -134,6 +163,56 @@ class Task:
         self.columns = columns
         self.stop_on_error = stop_on_error
         self.run = run
+
+    def run_here(self, worker: str = "", job: str = "") -> ChunkResult:
+        """Run the chunk in this thread and return its outcome (errors as values).
+
+        Args:
+            worker: the name the run report shows for where it ran.
+            job: the job whose worker this is: a distributed call made inside one of the
+                calls of the same job then runs serially instead of waiting on the pool.
+        """
+        return run_chunk(
+            self.payload.fn, self.columns, self.stop_on_error,
+            worker or threading.current_thread().name, job, False,
+        )
+
+    def portable(self) -> PortableTask:
+        """The chunk as a picklable callable, to run in another process (``pool.submit``).
+
+        The function travels serialised (by value where it cannot be imported there);
+        calling the result returns the :class:`ChunkResult`, tracebacks as text.
+
+        Raises:
+            SendError: the function or its constants cannot be serialised.
+        """
+        return PortableTask(self.payload.serialized(), self.columns, self.stop_on_error)
+
+
+class PortableTask:
+    """A :class:`Task` that can be pickled: ``result = portable()`` runs it where it lands."""
+
+    __slots__ = ("columns", "function", "stop_on_error")
+
+    def __init__(
+        self, function: bytes, columns: Sequence[Sequence[Any]], stop_on_error: bool
+    ) -> None:
+        self.function = function
+        self.columns = columns
+        self.stop_on_error = stop_on_error
+
+    def __getstate__(self) -> tuple[bytes, Sequence[Sequence[Any]], bool]:
+        return self.function, self.columns, self.stop_on_error
+
+    def __setstate__(self, state: tuple[bytes, Sequence[Sequence[Any]], bool]) -> None:
+        self.function, self.columns, self.stop_on_error = state
+
+    def __call__(self) -> ChunkResult:
+        from just_distribute.executors import wire
+
+        fn = wire.loads(self.function)
+        worker = f"{os.getpid()}:{threading.current_thread().name}"
+        return run_chunk(fn, self.columns, self.stop_on_error, worker, "", True)
 
 
 class Executor(abc.ABC):

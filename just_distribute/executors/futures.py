@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Task
-from just_distribute.executors.chunk import ChunkResult, run_chunk
 
 __all__ = ["FuturesExecutor"]
-
-
-def _run_serialized(payload: bytes, columns: Sequence[Sequence[Any]], stop: bool) -> ChunkResult:
-    fn: Callable[..., Any] = _wire.loads(payload)
-    return run_chunk(fn, columns, stop, threading.current_thread().name, "futures", True)
 
 
 class FuturesExecutor(Executor):
@@ -40,25 +30,9 @@ class FuturesExecutor(Executor):
         """Submit the chunk to the user's pool and mirror its future."""
         fut = ChunkFuture()
         if self.threads:
-            inner = self.pool.submit(
-                run_chunk, task.payload.fn, task.columns, task.stop_on_error,
-                "thread", "", False,
-            )
+            fut.track(self.pool.submit(task.run_here))
         else:
-            inner = self.pool.submit(
-                _run_serialized, task.payload.serialized(), task.columns, task.stop_on_error
-            )
-        fut.mark_started()
-
-        def copy(done: cf.Future[ChunkResult]) -> None:
-            if done.cancelled():
-                fut.cancel()
-            elif (exc := done.exception()) is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(done.result())
-
-        inner.add_done_callback(copy)
+            fut.track(self.pool.submit(task.portable()))
         return fut
 
     def check_nesting(self) -> bool:

@@ -24,7 +24,7 @@ import pytest
 from just_distribute import distribute
 from just_distribute.config import resolve_options
 from just_distribute.errors import ReceiveError, SendError, WorkerLostError
-from just_distribute.executors import get_executor
+from just_distribute.executors import executor_for, get_executor
 from just_distribute.executors.processes import ProcessExecutor
 
 SCRIPTS = Path(__file__).parent / "fault_scripts"
@@ -111,25 +111,44 @@ def test_worker_death_costs_only_the_culprit_with_on_error_return() -> None:
     assert [v for i, v in enumerate(out) if i != 3] == [2 * i for i in range(12) if i != 3]
 
 
-@pytest.mark.timeout(60)
-def test_worker_killed_from_outside_is_retried_and_no_result_is_lost() -> None:
-    pool = compute_pool()
-    f = distribute(pid_after, job="compute", workers=WORKERS, chunksize=1, retries=2)
-    f([0.0, 0.0])  # start both workers
-    victims = pool.pids()
-    assert victims
+def mark_then_pid_after(directory: str, seconds: float) -> int:
+    # A file per start: the test kills the workers only once the long calls run.
+    Path(directory, f"start-{os.getpid()}-{time.monotonic_ns()}").touch()
+    time.sleep(seconds)
+    return os.getpid()
 
-    def kill_soon() -> None:
-        time.sleep(0.3)
+
+@pytest.mark.timeout(60)
+def test_worker_killed_from_outside_is_retried_and_no_result_is_lost(tmp_path: Path) -> None:
+    pool = compute_pool()
+    f = distribute(
+        mark_then_pid_after, job="compute", workers=WORKERS, chunksize=1, retries=2
+    )
+    f([str(tmp_path)] * 2, [0.0, 0.0])  # start both workers
+    victims = pool.pids()
+    assert len(victims) == WORKERS
+    for p in tmp_path.iterdir():
+        p.unlink()
+
+    def kill_when_running() -> None:
+        # Not a fixed sleep: wait until both long calls have started in the victims.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = {int(p.name.split("-")[1]) for p in tmp_path.glob("start-*")}
+            if set(victims) <= started:
+                break
+            time.sleep(0.01)
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_soon)
+    killer = threading.Thread(target=kill_when_running)
     killer.start()
-    out = f([1.0, 1.0, 0.1, 0.1])
+    out = f([str(tmp_path)] * 4, [2.0, 2.0, 0.1, 0.1])
     killer.join()
-    assert len(out) == 4
-    assert not set(out[:2]) & set(victims)  # the killed calls ran again, elsewhere
+    assert len(out) == 4 and all(isinstance(pid, int) for pid in out)
+    assert not set(out) & set(victims)  # every call's result came from a fresh worker
+    starts = list(tmp_path.glob("start-*"))
+    assert len(starts) >= 6  # the two killed calls started again: a retry, not luck
     assert set(pool.pids()).isdisjoint(victims)
 
 
@@ -310,10 +329,14 @@ def test_unsendable_things_fail_in_the_caller_naming_the_object() -> None:
     assert "identity(x=<unlocked" in "\n".join(err.__notes__)
     with open(__file__) as handle:
         check(lambda: distribute(identity, **opts)([handle]), "open file")
-    # Nothing reached a worker: this pool never started one.
-    own_pool = get_executor(resolve_options(opts))
+    # Nothing reached a worker: the pool these calls used (the registry's choice for these
+    # options, as the decorator makes it) never started one...
+    own_pool, _ = executor_for(resolve_options(opts))
     assert isinstance(own_pool, ProcessExecutor)
     assert own_pool.pids() == []
+    # ...and it is that pool: a call that can be sent starts its workers.
+    assert distribute(identity, **opts)([1, 2]) == [1, 2]
+    assert len(own_pool.pids()) >= 1
     # The same function on io needs no sending at all.
     assert distribute(uses_lock, job="io", workers=2)([1, 2]) == [1, 2]
 

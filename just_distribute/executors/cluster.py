@@ -59,6 +59,7 @@ from just_distribute.errors import (
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult, current_job, run_chunk
+from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import on_stop, start_service
 
@@ -325,13 +326,7 @@ class ClusterExecutor(Executor):
             SendError: the function or the arguments cannot be serialised.
             ClusterUnreachableError: the first connection failed.
         """
-        try:
-            data = _wire.dumps(list(task.columns))
-        except Exception as exc:
-            raise SendError(
-                f"cannot send the arguments of {task.payload.name}() to the cluster: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        data = dumps_columns(list(task.columns), task.payload.name, "the cluster")
         client = self.client()
         payload = self._payload_arg(client, task.payload)
         key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"

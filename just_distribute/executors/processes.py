@@ -36,6 +36,7 @@ from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult
 from just_distribute.executors.process_main import _PAYLOAD_CACHE_SIZE
+from just_distribute.executors.sendable import dumps_columns
 
 __all__ = ["ProcessExecutor"]
 
@@ -328,23 +329,7 @@ class ProcessExecutor(Executor):
     def submit(self, task: Task) -> ChunkFuture:
         """Serialise the chunk (in the caller, so a bad argument fails here) and queue it."""
         task.payload.serialized()
-        try:
-            data = _wire.dumps(task.columns)
-        except Exception as exc:
-            from just_distribute.executors.sendable import explain_columns
-
-            found = explain_columns(task.columns)
-            why = f"{type(exc).__name__}: {exc}"
-            if found is not None:
-                why = f"positional argument {found[1] + 1} {found[2]}"
-            err = SendError(
-                f"cannot send the arguments of {task.payload.name}() to a worker process: "
-                f"{why}. Pass plain data (numbers, strings, lists, arrays) and create "
-                f"process-bound objects (locks, files, connections) inside the function, "
-                f'or use job="io" (threads), which sends nothing.'
-            )
-            err.at = found[0] if found is not None else None
-            raise err from exc
+        data = dumps_columns(task.columns, task.payload.name, "a worker process")
         if not self._workers:
             self._start()
         fut = ChunkFuture()

@@ -11,9 +11,10 @@ import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from just_distribute.errors import SendError
 from just_distribute.executors import wire as _wire
 
-__all__ = ["explain_columns", "explain_function"]
+__all__ = ["dumps_columns", "explain_columns", "explain_function"]
 
 
 def _why(value: Any) -> str | None:
@@ -74,3 +75,32 @@ def explain_columns(columns: Sequence[Sequence[Any]]) -> tuple[int, int, str] | 
             if reason is not None:
                 return row, c, f"({type(value).__name__}) cannot be sent: {reason}"
     return None
+
+
+def dumps_columns(columns: Sequence[Sequence[Any]], name: str, where: str) -> bytes:
+    """The chunk's arguments as bytes, for every executor that sends them elsewhere.
+
+    Args:
+        columns: the chunk's columns.
+        name: the function's name, for the message.
+        where: where they were to go ("a worker process", "the cluster").
+
+    Raises:
+        SendError: an argument cannot be serialised; ``at`` names its call in the chunk, so
+            that the engine's note names the failed call on every job.
+    """
+    try:
+        return _wire.dumps(columns)
+    except Exception as exc:
+        found = explain_columns(columns)
+        why = f"{type(exc).__name__}: {exc}"
+        if found is not None:
+            why = f"positional argument {found[1] + 1} {found[2]}"
+        err = SendError(
+            f"cannot send the arguments of {name}() to {where}: {why}. Pass plain data "
+            f"(numbers, strings, lists, arrays) and create process-bound objects (locks, "
+            f'files, connections) inside the function, or use job="io" (threads), which '
+            f"sends nothing."
+        )
+        err.at = found[0] if found is not None else None
+        raise err from exc

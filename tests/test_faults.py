@@ -275,11 +275,7 @@ def test_nested_functions_defined_in_main_are_sent_by_value() -> None:
 
 # -- 7. what cannot be sent ---------------------------------------------------------------
 
-UNSENDABLE_WORKERS = 3
-
-
-def _no_setup(tag: str) -> None:
-    """An initializer that does nothing: its argument gives the test a pool of its own."""
+UNSENDABLE_WORKERS = 9  # a count no other test uses: a pool of its own
 
 
 def numbers() -> Any:
@@ -308,14 +304,9 @@ def test_unsendable_things_fail_in_the_caller_naming_the_object() -> None:
         assert isinstance(info.value, TypeError)
         return info.value
 
-    # A pool of its own (other tests may have started a 3-worker pool), to see that no
-    # worker was ever started for it.
-    opts: dict[str, Any] = {
-        "job": "compute",
-        "workers": UNSENDABLE_WORKERS,
-        "initializer": _no_setup,
-        "initargs": ("unsendable",),
-    }
+    # A pool of its own (a worker count no other test uses: compute pools are shared by
+    # count), to see that no worker was ever started for it.
+    opts: dict[str, Any] = {"job": "compute", "workers": UNSENDABLE_WORKERS}
     check(lambda: distribute(uses_lock, **opts)([1, 2]), "'lock'", "thread lock")
     check(
         lambda: distribute(takes_constant, **opts)([1], source=numbers()),

@@ -60,8 +60,13 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 
 
-def _env_settings() -> dict[str, Any]:
-    """Read the ``JUST_DISTRIBUTE_*`` environment variables that are set."""
+def _env_settings(skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Read the ``JUST_DISTRIBUTE_*`` environment variables that are set.
+
+    Args:
+        skip: option names already given with higher precedence; their variables are not
+            read, so a bad value there cannot fail a call that does not use it.
+    """
     env = os.environ
     out: dict[str, Any] = {}
     parsers: dict[str, Callable[[str], Any]] = {
@@ -78,6 +83,8 @@ def _env_settings() -> dict[str, Any]:
         "PROGRESS": lambda s: s.strip().lower() in {"1", "true", "yes", "on"},
     }
     for key, parse in parsers.items():
+        if key.lower() in skip:
+            continue
         raw = env.get(f"JUST_DISTRIBUTE_{key}")
         if raw is None or raw == "":
             continue
@@ -167,8 +174,9 @@ def check_options(o: Options) -> Options:
 def resolve_options(explicit: Mapping[str, Any]) -> Options:
     """Combine explicit arguments, the ``config()`` context, the environment and defaults."""
     _check_names(explicit, "distribute()")
-    env = _env_settings()
     ctx = _context.get()
+    # The job is always read: JUST_DISTRIBUTE_JOB=serial overrides even the decorator.
+    env = _env_settings(frozenset(explicit).union(ctx) - {"job"})
     merged: dict[str, Any] = {**env, **ctx, **explicit}
     # The debugging switch: serial from the context or the environment beats the decorator.
     forced = ctx.get("job", env.get("job"))

@@ -156,14 +156,14 @@ class _Chunk:
 
 
 def decorate_error(
-    exc: BaseException, tb: str | None, index: int, fn_name: str, call: str
+    exc: BaseException, tb: str | None, index: int, fn_name: str, call: str, roles: str = ""
 ) -> BaseException:
-    """Attach the remote traceback and a note naming the failed call."""
+    """Attach the remote traceback, a note naming the failed call and one with the roles."""
     if tb is not None and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
-    note = f"just_distribute: raised by call {index}: {fn_name}({call})"
-    if note not in getattr(exc, "__notes__", ()):
-        exc.add_note(note)
+    for note in (f"just_distribute: raised by call {index}: {fn_name}({call})", roles):
+        if note and note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
     return exc
 
 
@@ -215,7 +215,10 @@ class _Run:
         except SendError as exc:
             if exc.at is not None:
                 at = ch.offset + exc.at
-                decorate_error(exc, None, ch.start + at, self.plan.name, self.describe(ch, at))
+                decorate_error(
+                    exc, None, ch.start + at, self.plan.name, self.describe(ch, at),
+                    self.plan.roles_note,
+                )
             raise
         ch.future = fut
         self.pending[fut] = ch
@@ -244,7 +247,9 @@ class _Run:
     def failure(self, ch: _Chunk, exc: BaseException, tb: str | None) -> None:
         """The call at ``ch.offset`` failed: retry it, return the error, or raise it."""
         index = ch.start + ch.offset
-        decorate_error(exc, tb, index, self.plan.name, self.describe(ch, ch.offset))
+        decorate_error(
+            exc, tb, index, self.plan.name, self.describe(ch, ch.offset), self.plan.roles_note
+        )
         o = self.options
         if ch.attempts < o.retries and isinstance(exc, o.retry_on):
             ch.attempts += 1
@@ -305,7 +310,7 @@ class _Run:
             for err in result.errors:
                 decorate_error(
                     err.exc, err.tb, ch.start + base + err.at, self.plan.name,
-                    self.describe(ch, base + err.at),
+                    self.describe(ch, base + err.at), self.plan.roles_note,
                 )
         if ch.values:
             ch.values.extend(result.values)

@@ -74,6 +74,92 @@ def _string_role(text: str) -> Role:
     return Role.BATCH if head in batch_names else Role.ELEMENT
 
 
+def _strip(tp: Any) -> Any:
+    """The annotation behind ``Annotated[...]`` and ``Optional[...]`` (one member only)."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin is typing.Union or type(tp).__name__ == "UnionType":
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def role_reason(tp: Any) -> str:
+    """Why a hint gives its role, in words for an error message."""
+    if tp is inspect.Parameter.empty:
+        return "no type hint"
+    if isinstance(tp, str):
+        return f"hint {tp!r} (not resolvable) read by its name"
+    name = str(tp).replace("typing.", "") if typing.get_origin(tp) else _type_name(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return f"hint {name} is not a collection"
+    base = typing.get_origin(_strip(tp)) or _strip(tp)
+    if isinstance(base, type) and issubclass(base, _ATOMIC):
+        return f"hint {name} is taken whole although iterable"
+    if isinstance(base, type) and issubclass(base, cabc.Mapping):
+        return f"hint {name} is a Mapping, taken whole"
+    if annotation_role(tp) is Role.BATCH:
+        return f"hint {name} is a collection"
+    return f"hint {name} is not a collection"
+
+
+def _is_pandas(value: Any, *names: str) -> bool:
+    kind = type(value)
+    return kind.__module__.startswith("pandas") and any(
+        c.__name__ in names for c in kind.__mro__
+    )
+
+
+def _is_array(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
+
+
+def _is_frame_hint(tp: Any) -> bool:
+    base = _strip(tp)
+    return isinstance(base, type) and base.__module__.startswith("pandas") and (
+        base.__name__ in ("DataFrame", "Series")
+    )
+
+
+def _ready_made_test(tp: Any) -> Callable[[Any], bool] | None:
+    """For a batch hint: a test telling a ready-made batch from an element, or ``None``.
+
+    ``ndarray``: an item that is an array is a batch. ``DataFrame``/``Series``: an item that
+    is a frame or a series. ``list[int]`` and other collections of a concrete element type:
+    an item that is a collection but not of the element type (``[1, 2]`` for ``list[int]``;
+    for ``list[list[int]]`` the same item is an element).
+    """
+    tp = _strip(tp)
+    if isinstance(tp, str):
+        return None
+    origin = typing.get_origin(tp)
+    base = origin if origin is not None else tp
+    if not isinstance(base, type):
+        return None
+    if base.__module__ == "numpy" and base.__name__ == "ndarray":
+        return _is_array
+    if base.__module__.startswith("pandas") and base.__name__ in ("DataFrame", "Series"):
+        return lambda v: _is_pandas(v, "DataFrame", "Series")
+    args = typing.get_args(tp)
+    if not args:
+        return None
+    inner = _strip(args[0])
+    inner = typing.get_origin(inner) or inner
+    if not isinstance(inner, type) or inner is object:
+        return None
+    containers = (list, tuple, set, frozenset, range)
+
+    def test(value: Any) -> bool:
+        return isinstance(value, containers) and not isinstance(value, inner)
+
+    return test
+
+
 @dataclass(frozen=True)
 class FunctionInfo:
     """The signature of a function and the role of each of its parameters."""
@@ -163,6 +249,7 @@ class Plan:
         batch_columns: indexes of columns whose items are batches (for progress counts).
         total_units: elements to report progress in (calls, or batch elements).
         flatten: concatenate per-call results.
+        roles_note: each distributed parameter's role and why, for error notes.
     """
 
     fn: Callable[..., Any]
@@ -173,6 +260,7 @@ class Plan:
     batch_columns: list[int] = field(default_factory=list)
     total_units: int | None = None
     flatten: bool = False
+    roles_note: str = ""
 
     def chunks(self, next_size: Callable[[], int]) -> Iterator[tuple[int, tuple[Any, ...]]]:
         """Yield ``(index of first call, columns of the chunk)``, asking for each size."""
@@ -189,14 +277,20 @@ class Plan:
             parts = tuple(list(itertools.islice(it, size)) for it in iters)
             lengths = {len(p) for p in parts}
             if len(lengths) > 1:
+                longest = max(lengths)
                 detail = ", ".join(
-                    f"{p!r} ran out after {start + len(part)}"
+                    f"{p!r} had at least {start + len(part)}"
+                    if len(part) == longest
+                    else f"{p!r} ran out after {start + len(part)}"
                     for p, part in zip(self.params, parts, strict=True)
                 )
-                raise ValueError(
+                exc = ValueError(
                     f"{self.name}(): the distributed arguments have different lengths "
                     f"({detail}); every positional argument needs one item per call"
                 )
+                if self.roles_note:
+                    exc.add_note(self.roles_note)
+                raise exc
             m = lengths.pop() if lengths else 0
             if m == 0:
                 return
@@ -275,8 +369,12 @@ def make_plan(
     elements: list[int] = []
     batch_idx: list[int] = []
     columns: list[Any] = list(args)
+    reasons: dict[str, str] = {}
     for i, (name, value) in enumerate(zip(names, args, strict=True)):
         is_batch = role(name) is Role.BATCH
+        hint = info.annotations.get(name.split("[", 1)[0], inspect.Parameter.empty)
+        why = role_reason(hint)
+        reasons[name] = f"{name}: {role(name).value} — {why}"
         if not is_batch and isinstance(value, (str, bytes, bytearray)):
             raise TypeError(
                 f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
@@ -284,12 +382,98 @@ def make_plan(
                 f"split into characters. Pass a list of them, or pass it by keyword "
                 f"({name}=...) to give every call the same value."
             )
+        if isinstance(value, cabc.Mapping):
+            raise TypeError(
+                f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
+                f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
+                f"split into its keys. Pass a list of mappings (one per call), "
+                f"list(d.values()) or list(d.items()) for one call per entry, or pass it by "
+                f"keyword ({name}=...) to give every call the same value."
+            )
         try:
             iter(value)
         except TypeError:
             raise _not_iterable(info, name, value) from None
-        (batch_idx if is_batch and autobatch else elements).append(i)
+        if is_batch and autobatch:
+            ready = _ready_made_test(hint)
+            if _is_pandas(value, "GroupBy") and _is_frame_hint(hint):
+                # One call per group; the keys are the GroupBy's own, in its order.
+                columns[i] = [group for _, group in value]
+                reasons[name] += ", given a GroupBy: one call per group"
+                elements.append(i)
+                continue
+            if ready is not None:
+                made, columns[i] = _ready_made(columns[i], ready, info.name, name)
+                if made:
+                    reasons[name] += (
+                        ", given items that are already batches: one call per item "
+                        "(as autobatch=False)"
+                    )
+                    elements.append(i)
+                    continue
+            reasons[name] += ", cut into batches (autobatch)"
+            batch_idx.append(i)
+        else:
+            if is_batch:
+                reasons[name] += ", given ready-made batches (autobatch=False)"
+            elements.append(i)
+    roles_note = "just_distribute: argument roles: " + "; ".join(reasons.values())
+    try:
+        plan = _cut(
+            info, bound_fn, names, columns, elements, batch_idx, role,
+            workers=workers, batches=batches, flatten=flatten, materialize=materialize,
+        )
+    except ValueError as exc:
+        exc.add_note(roles_note)
+        raise
+    plan.roles_note = roles_note
+    return plan
 
+
+def _ready_made(
+    value: Any, ready: Callable[[Any], bool], fn_name: str, name: str
+) -> tuple[bool, Any]:
+    """Whether ``value`` holds ready-made batches (judged by its first item), and the value.
+
+    A one-shot iterator is peeked at and handed back whole; a sequence whose first item is a
+    batch must hold batches only (a mix is refused: no guess is safe).
+    """
+    if isinstance(value, cabc.Sequence):
+        if not len(value) or not ready(value[0]):
+            return False, value
+        odd = next((j for j, item in enumerate(value) if not ready(item)), None)
+        if odd is not None:
+            raise TypeError(
+                f"{fn_name}() parameter {name!r} got a sequence whose first item is a "
+                f"ready-made batch but whose item {odd} is {short_repr(value[odd])}. Pass "
+                f"either one flat collection (cut into batches) or a list of batches only."
+            )
+        return True, value
+    if hasattr(value, "__len__") or hasattr(value, "iloc"):
+        return False, value  # a set, a frame, an array: one flat collection
+    it = iter(value)
+    try:
+        first = next(it)
+    except StopIteration:
+        return False, []
+    return ready(first), itertools.chain([first], it)
+
+
+def _cut(
+    info: FunctionInfo,
+    bound_fn: Callable[..., Any],
+    names: list[str],
+    columns: list[Any],
+    elements: list[int],
+    batch_idx: list[int],
+    role: Callable[[str], Role],
+    *,
+    workers: Callable[[], int],
+    batches: int | None,
+    flatten: bool,
+    materialize: bool,
+) -> Plan:
+    """Check the lengths of the distributed columns and cut the batch ones."""
     if not batch_idx:
         # Element calls (also batch parameters with autobatch=False: items are batches).
         lengths: dict[str, int | None] = {}

@@ -14,6 +14,8 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Optional
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -75,6 +77,10 @@ def shape(kind: str, items: list[int]) -> Any:
         return (x for x in items)
     if kind == "scalar":
         return 7
+    if kind == "batches":  # ready-made batches: lists of up to 2 items
+        return [items[j : j + 2] for j in range(0, len(items), 2)]
+    if kind == "dict":  # a single mapping: refused, it would be split into its keys
+        return dict.fromkeys(items, 0)
     return "abc"  # kind == "str"
 
 
@@ -88,7 +94,10 @@ def cases(draw: st.DrawFn) -> Case:
     for _ in range(m):
         length = draw(st.sampled_from([base, base, base * 2, base * 3, draw(st.integers(0, 9))]))
         kind = draw(
-            st.sampled_from(["list", "list", "tuple", "range", "generator", "scalar", "str"])
+            st.sampled_from(
+                ["list", "list", "tuple", "range", "generator", "scalar", "str", "batches",
+                 "dict"]
+            )
         )
         items = draw(st.lists(st.integers(-50, 50), min_size=length, max_size=length))
         items_per_param.append(items)
@@ -118,10 +127,17 @@ def reference(case: Case, args: list[Any]) -> tuple[str, Any]:
     for value, is_batch in zip(args, case.roles, strict=True):
         if not is_batch and isinstance(value, str):
             return "error", TypeError  # a str would be split into characters
+        if isinstance(value, dict):
+            return "error", TypeError  # a single mapping would be split into its keys
         if not isinstance(value, Iterable):
             return "error", TypeError
     values = [list(v) if not isinstance(v, list | tuple | range | str) else v for v in args]
-    cut_batches = [i for i, b in enumerate(case.roles) if b and case.autobatch]
+    # Every batch hint here holds ints, so a list whose items are lists is ready-made
+    # batches: one call per item, as with autobatch=False.
+    ready = [isinstance(v, list) and bool(v) and isinstance(v[0], list) for v in values]
+    cut_batches = [
+        i for i, b in enumerate(case.roles) if b and case.autobatch and not ready[i]
+    ]
     elements = [i for i in range(len(args)) if i not in cut_batches]
     columns: list[list[Any]] = [[] for _ in args]
     if not cut_batches:
@@ -178,3 +194,52 @@ def test_planner_matches_the_reference_or_fails_before_dispatch(case: Case) -> N
         assert calls == []  # failed before any call was dispatched
     else:
         assert fn(*arguments(), **case.constants) == expected[1]
+
+
+# -- numpy and pandas batches: flat, ready-made, grouped ----------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    kind=st.sampled_from(["ndarray", "DataFrame", "Series"]),
+    given_as=st.sampled_from(["flat", "list", "tuple", "generator", "groupby"]),
+)
+def test_numpy_and_pandas_shapes_match_the_reference(
+    sizes: list[int], kind: str, given_as: str
+) -> None:
+    values = np.arange(sum(sizes))
+    keys = np.repeat(np.arange(len(sizes)), sizes)
+    frame = pd.DataFrame({"k": keys, "v": values})
+    whole: Any = {"ndarray": values, "DataFrame": frame, "Series": frame["v"]}[kind]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    pieces = [whole[a:b] for a, b in itertools.pairwise(bounds)]
+    hint = {"ndarray": np.ndarray, "DataFrame": pd.DataFrame, "Series": pd.Series}[kind]
+
+    def total(batch: Any) -> tuple[str, int, int]:
+        column = batch["v"] if isinstance(batch, pd.DataFrame) else batch
+        return type(batch).__name__, len(batch), int(column.sum())
+
+    total.__annotations__ = {"batch": hint, "return": tuple}
+    fn = distribute(total, job="io", workers=WORKERS)
+    if given_as == "flat":
+        arg: Any = whole
+        k = min(len(values), WORKERS)
+        cut_sizes = [len(values) // k + (1 if j < len(values) % k else 0) for j in range(k)]
+        cut_bounds_ = list(itertools.accumulate(cut_sizes, initial=0))
+        expected_pieces = [whole[a:b] for a, b in itertools.pairwise(cut_bounds_)]
+    elif given_as == "groupby":
+        if kind == "ndarray":
+            return  # a GroupBy is a pandas shape only
+        arg = whole.groupby(keys)
+        expected_pieces = pieces
+    else:
+        maker = {"list": list, "tuple": tuple, "generator": lambda p: (x for x in p)}[given_as]
+        arg = maker(pieces)
+        expected_pieces = pieces
+    expected = [total(p) for p in expected_pieces]
+    event(f"{kind} {given_as}")
+    assert fn(arg) == expected
+    if given_as == "generator":
+        arg = (x for x in pieces)
+    assert list(fn.iter(arg)) == expected

@@ -316,3 +316,140 @@ def test_mapping_and_str_batches_are_not_cut() -> None:
 
     dist = distribute(job="io", workers=2)(fn)
     assert dist([{"a": 1}, {"a": 1, "b": 2}], ["p", "q"]) == ["p1", "q2"]
+
+
+# -- issue 17, item 4: never silently wrong input ----------------------------------------
+
+
+def test_a_list_of_arrays_for_an_ndarray_parameter_is_one_call_per_array() -> None:
+    @distribute(job="compute", workers=2)
+    def blur(img: np.ndarray) -> tuple[str, tuple[int, ...]]:
+        return type(img).__name__, img.shape
+
+    images = [np.full((4, 3), i, dtype=float) for i in range(200)]
+    assert blur(images) == [("ndarray", (4, 3))] * 200
+    # One flat array is still cut into views, one per worker.
+    assert blur(np.zeros((10, 3))) == [("ndarray", (5, 3))] * 2
+
+
+def test_a_list_of_frames_for_a_frame_parameter_is_one_call_per_frame() -> None:
+    @distribute(job="io", workers=2)
+    def rows(frame: pd.DataFrame) -> int:
+        assert isinstance(frame, pd.DataFrame)
+        return int(frame["a"].sum())
+
+    frames = [pd.DataFrame({"a": range(i + 1)}) for i in range(6)]
+    assert rows(frames) == [sum(range(i + 1)) for i in range(6)]
+    assert rows(tuple(frames)) == rows(iter(frames)) == rows(frames)
+
+
+def test_a_series_list_for_a_series_parameter_and_lists_for_list_int() -> None:
+    @distribute(job="io", workers=2)
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    assert total([[1, 2], [3], [4, 5, 6]]) == [3, 3, 15]  # ready-made: one call each
+    assert total([1, 2, 3, 4]) == [3, 7]  # flat: cut into one batch per worker
+    assert list(total.iter(x for x in [[1], [2, 2]])) == [1, 4]
+
+    @distribute(job="io", workers=2)
+    def nested(groups: list[list[int]]) -> int:
+        return len(groups)
+
+    assert nested([[1], [2], [3], [4]]) == [2, 2]  # list[list[int]]: lists are elements
+
+
+def test_a_mix_of_batches_and_elements_is_refused() -> None:
+    @distribute(job="io", workers=2)
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    with pytest.raises(TypeError, match=r"'numbers'.*item 1"):
+        total([[1, 2], 3])
+
+
+def test_a_groupby_for_a_frame_parameter_is_one_call_per_group() -> None:
+    @distribute(job="compute", workers=2)
+    def spread(group: pd.DataFrame) -> tuple[int, int]:
+        return int(group["k"].iloc[0]), len(group)
+
+    frame = pd.DataFrame({"k": [3, 1, 1, 2, 3, 3], "v": range(6)})
+    assert spread(frame.groupby("k")) == [(1, 2), (2, 1), (3, 3)]
+
+    @distribute(job="io", workers=2)
+    def biggest(values: pd.Series) -> int:
+        return int(values.max())
+
+    assert biggest(frame.groupby("k")["v"]) == [2, 3, 5]
+
+
+@pytest.mark.parametrize("hint", ["dict", "dict[str, int]", "Mapping[str, int]", "list[int]"])
+def test_a_single_mapping_is_refused_with_the_fix(hint: str) -> None:
+    fn = distribute(_with_hint(hint), job="io", workers=2)
+    with pytest.raises(TypeError) as info:
+        fn({"a": 1, "b": 2})
+    message = str(info.value)
+    assert "'x'" in message and "split into its keys" in message and "x=..." in message
+    assert fn([{"a": 1}, {"b": 2}]) if hint != "list[int]" else True
+
+
+def test_error_notes_show_each_role_and_why() -> None:
+    @distribute(job="compute", workers=2)
+    def total(numbers, scale: int):  # type: ignore[no-untyped-def]
+        return sum(numbers) * scale
+
+    with pytest.raises(TypeError, match="not iterable") as info:
+        total([1, 2, 3], [1, 1, 1])
+    notes = "\n".join(info.value.__notes__)
+    assert "numbers: element — no type hint" in notes
+    assert "scale: element — hint int is not a collection" in notes
+
+    @distribute(job="io", workers=2)
+    def pair(x: int, values: list[int]) -> int:
+        return x + sum(values)
+
+    with pytest.raises(ValueError, match="multiple of 2") as vinfo:
+        pair([1, 2], [1, 2, 3])
+    notes = "\n".join(vinfo.value.__notes__)
+    assert "values: batch — hint list[int] is a collection, cut into batches" in notes
+
+
+def test_iter_with_generators_of_different_lengths_names_the_right_counts() -> None:
+    ran: list[int] = []
+
+    @distribute(job="io", workers=2)
+    def add(x: int, y: int) -> int:
+        ran.append(x)
+        return x + y
+
+    with pytest.raises(ValueError) as info:
+        list(add.iter((i for i in range(200)), (i for i in range(196))))
+    message = str(info.value)
+    assert "'y' ran out after 196" in message and "'x' had at least 197" not in message
+    assert "'x' had at least" in message
+    assert len(ran) <= 196  # no call past the shorter input ran
+    # Lengths known up front: refused before any call, with both counts.
+    ran.clear()
+    with pytest.raises(ValueError, match="'x' with 5, 'y' with 3"):
+        add.iter(range(5), [1, 2, 3])
+    assert ran == []
+
+
+def test_ready_made_frames_in_a_script(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pandas as pd\n"
+        "from just_distribute import distribute\n\n"
+        "@distribute(job='compute', workers=2)\n"
+        "def rows(frame: pd.DataFrame) -> int:\n"
+        "    return len(frame)\n\n"
+        "if __name__ == '__main__':\n"
+        "    print(rows([pd.DataFrame({'a': range(n)}) for n in (1, 2, 3, 4, 5, 6)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[1, 2, 3, 4, 5, 6]"

@@ -92,9 +92,14 @@ class _Sizer:
         n: int | None,
         *,
         fixed: bool = False,
+        ramp: bool = False,
         name: str = "",
     ) -> None:
         self.adaptive = False
+        # With a progress display the first chunks are 1, 2, 4, ... calls (up to the chosen
+        # size), so the display moves as soon as the first call is back. Not without one
+        # (big runs keep their few large chunks), nor when the user chose the chunk size.
+        self.ramp = 1 if ramp and not fixed and options.chunksize is None else 0
         self.key = (executor.name, name)
         if options.chunksize is not None:
             self.size = options.chunksize
@@ -117,6 +122,9 @@ class _Sizer:
         self.target = executor.target_chunk_seconds
 
     def next(self) -> int:
+        if 0 < self.ramp < self.size:
+            size, self.ramp = self.ramp, self.ramp * 2
+            return size
         return self.size
 
     def observe(self, calls: int, seconds: float) -> None:
@@ -191,7 +199,8 @@ class _Run:
         self.payload = Payload(plan.fn, plan.name)
         self.scope = RunScope()
         self.sizer = _Sizer(
-            options, executor, plan.n, fixed=checkpoint is not None, name=plan.name
+            options, executor, plan.n, fixed=checkpoint is not None,
+            ramp=progress is not None, name=plan.name,
         )
         self.window = options.max_in_flight or executor.workers * executor.in_flight_per_worker
         # Workers stop a chunk at its first error whenever the engine may have to act on

@@ -7,6 +7,8 @@ Both run in the thread that consumes the results (the caller's).
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import IO, Any
@@ -16,8 +18,35 @@ from just_distribute.config import ProgressOption
 __all__ = ["ProgressBar", "ProgressCallback", "ProgressOption", "make_progress"]
 
 
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (the test ``tqdm.auto`` makes, by modules)."""
+    return "ipykernel.zmqshell" in sys.modules or (
+        "IPython.utils._process_emscripten" in sys.modules
+    )
+
+
+def _tqdm_class() -> Any:
+    """The widget bar in a notebook with ipywidgets, else the text bar.
+
+    ``tqdm.auto`` in a notebook without ipywidgets warns (``TqdmWarning``) before falling
+    back to text: choose the text bar first, quietly (``pip install
+    just-distribute[notebook]`` brings the widget).
+    """
+    # Imported lazily: the import costs ~50 ms.
+    if _in_notebook():
+        try:
+            importlib.import_module("ipywidgets")
+        except ImportError:
+            from tqdm.std import tqdm as text_bar
+
+            return text_bar
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
 class ProgressBar:
-    """A ``tqdm.auto`` bar (a widget in notebooks, text on a terminal).
+    """A tqdm bar: a widget in a notebook with ipywidgets installed, else text.
 
     Args:
         total: the units to expect, or ``None`` for a stream of unknown length (the bar
@@ -30,9 +59,7 @@ class ProgressBar:
     def __init__(
         self, total: int | None, desc: str, unit: str, file: IO[str] | None = None
     ) -> None:
-        from tqdm.auto import tqdm  # imported lazily: the import costs ~50 ms
-
-        self._bar: Any = tqdm(
+        self._bar: Any = _tqdm_class()(
             total=total, desc=desc, unit=unit, dynamic_ncols=True, file=file
         )
         self._closed = False

@@ -337,3 +337,77 @@ def test_the_library_prints_nothing_by_itself_and_logs_at_exit(tmp_path: Path) -
         assert f"job {job!r}: started a shared pool of 2 workers" in loud.stderr
         assert f"job {job!r}: stopped the shared pool of 2 workers" in loud.stderr
     assert re.search(r"compute pool: 2 worker processes", loud.stderr)
+
+
+# -- issue 17, item 5: the display moves at once; notebooks without ipywidgets ------------
+@pytest.mark.parametrize("job", ["compute", "io", "cluster"])
+def test_progress_moves_with_the_first_finished_call(
+    job: str, request: pytest.FixtureRequest
+) -> None:
+    def nap(x: int) -> int:
+        time.sleep(0.01)
+        return x
+
+    def chunks(report: Any) -> int:
+        return sum(s.chunks for s in report.per_worker.values())
+
+    rec = Recorder()
+    f = on(job, request, progress=rec)(nap)
+    results, shown = f.report(range(300))
+    assert results == list(range(300))
+    # The first chunks are 1, 2, 4, ... calls: the first update reports one or two calls,
+    # not a whole chunk of 300 / (workers x chunks per worker).
+    assert rec.seen[0][0] <= 2
+    assert rec.seen[-1] == (300, 300)
+    # Without a display the chunks are as before (few and big); the ramp adds only a few.
+    results, plain = on(job, request)(nap).report(range(300))
+    assert results == list(range(300)) and chunks(plain) <= 40
+    assert chunks(plain) < chunks(shown) <= chunks(plain) + 9
+
+
+_NOTEBOOK_SCRIPT = """
+import sys, types, warnings
+# What a Jupyter kernel looks like to tqdm (its modules), and no ipywidgets installed.
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")
+ipython = types.ModuleType("IPython")
+ipython.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()
+sys.modules["IPython"] = ipython
+sys.modules["ipywidgets"] = None  # import ipywidgets -> ImportError
+caught = warnings.catch_warnings(record=True)
+seen = caught.__enter__()
+warnings.simplefilter("always")
+from just_distribute import distribute
+
+def half(x: int) -> float:
+    return x / 2
+
+if __name__ == "__main__":
+    if sys.argv[1] == "tqdm.auto":  # the control: tqdm itself warns in this setting
+        import tqdm.auto
+    else:
+        print(distribute(job="io", workers=2, progress=True)(half)(range(20))[-1])
+    print(" ".join(type(w.message).__name__ for w in seen) or "no warning")
+"""
+
+
+def test_no_warning_in_a_notebook_without_ipywidgets(tmp_path: Path) -> None:
+    script = tmp_path / "notebook_like.py"
+    script.write_text(_NOTEBOOK_SCRIPT)
+    control = subprocess.run(
+        [sys.executable, str(script), "tqdm.auto"], capture_output=True, text=True, timeout=60
+    )
+    assert control.stdout.split() == ["TqdmWarning"]  # the setting is one where tqdm warns
+    ours = subprocess.run(
+        [sys.executable, str(script), "ours"], capture_output=True, text=True, timeout=60
+    )
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.splitlines() == ["9.5", "no warning"]
+    assert "Warning" not in ours.stderr and "20/20" in ours.stderr  # a quiet text bar
+
+
+def test_the_notebook_extra_brings_ipywidgets() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("ipywidgets") for req in extras["notebook"])

@@ -181,6 +181,25 @@ def test_large_constant_travels_once_and_a_client_works_as_job(proxy: CountingPr
     assert len(big) <= sent < 2 * len(big), f"sent {sent} bytes for a {len(big)}-byte constant"
 
 
+def test_a_large_function_travels_once_not_with_each_chunk(proxy: CountingProxy) -> None:
+    blob = os.urandom(60_000)  # a 60 KB function: its closure holds incompressible bytes
+
+    def size_plus(x: int) -> int:
+        return x + len(blob)
+
+    assert SCATTER_BYTES <= 60_000
+    client = distributed.Client(proxy.address, set_as_default=False, timeout=30)
+    try:
+        f = distribute(job=client, chunksize=2)(size_plus)
+        before = proxy.sent
+        assert f(range(16)) == [x + len(blob) for x in range(16)]  # 8 chunks
+        sent = proxy.sent - before
+    finally:
+        client.close()
+    # With each of the 8 chunks the function would cost 480 KB; scattered, it goes once.
+    assert len(blob) <= sent < 2 * len(blob), f"sent {sent} bytes for a 60 KB function"
+
+
 def test_unreachable_address_fails_fast_and_names_it() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,9 +10,9 @@ caller: it stops itself when the caller is gone.
 
 How: one dask task per engine chunk. The function and its keyword constants travel as
 bytes (the standard pickle, dill for lambdas, closures and ``__main__`` functions), not
-through dask's own pickling. Bytes above ``SCATTER_BYTES`` are scattered to the cluster
-once per run and every chunk refers to them, so a large constant crosses the network
-once. Each task gets a unique key (never dask's hash of the arguments): two identical
+through dask's own pickling. From ``SCATTER_BYTES`` (16 KiB) on, they are scattered to the
+cluster once per run and every chunk refers to them, so a large function or constant
+crosses the network once per worker, not once per chunk. Each task gets a unique key (never dask's hash of the arguments): two identical
 calls both run. Functions of importable modules travel by reference, as with dask:
 remote workers need those modules installed (the embedded cluster gets the caller's
 import path).
@@ -67,8 +67,10 @@ __all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create"]
 
 log = logging.getLogger("just_distribute")
 
-#: Payloads (function + keyword constants) larger than this are scattered once per run.
-SCATTER_BYTES = 256 * 1024
+#: Payloads (function + keyword constants) this large or larger are scattered once per run
+#: (each worker then fetches them once); smaller ones travel inside each chunk's task, where
+#: a few KiB cost less than the scatter's round trip.
+SCATTER_BYTES = 16 * 1024
 _WORKER_CACHE_SIZE = 8
 #: The dask event topic on which a worker announces that it starts a chunk.
 START_TOPIC = "just-distribute-chunk-started"

@@ -166,12 +166,15 @@ class _Chunk:
 def decorate_error(
     exc: BaseException, tb: str | None, index: int, fn_name: str, call: str, roles: str = ""
 ) -> BaseException:
-    """Attach the remote traceback, a note naming the failed call and one with the roles."""
+    """Attach the remote traceback and a note naming the failed call (and the roles)."""
     if tb is not None and exc.__cause__ is None:
         exc.__cause__ = RemoteTraceback(tb)
-    for note in (f"just_distribute: raised by call {index}: {fn_name}({call})", roles):
-        if note and note not in getattr(exc, "__notes__", ()):
-            exc.add_note(note)
+    # One note, its second line the roles: the call's line stays the first and last note.
+    note = f"just_distribute: raised by call {index}: {fn_name}({call})"
+    if roles:
+        note += "\n" + roles
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
     return exc
 
 

@@ -29,7 +29,13 @@ EXPECTED: dict[str, list[str]] = {
         r"^batches: \d+ batch sums adding up to 4999950000$",
         r"^quickstart ok$",
     ],
-    "numpy_pandas.py": [r"^numpy: normalised 50000 rows of 16", r"^numpy_pandas ok$"],
+    "numpy_pandas.py": [
+        r"^numpy: normalised 50000 rows of 16",
+        r"^numpy sort +serial \S+s  io \d+\.\d\dx  compute \d+\.\d\dx$",
+        r"^pandas columns +serial \S+s  io \d+\.\d\dx  compute \d+\.\d\dx$",
+        r"^pure Python +serial \S+s  io \d+\.\d\dx  compute \d+\.\d\dx$",
+        r"^numpy_pandas ok$",
+    ],
     "files_io.py": [
         r"^saved 500 files, 2,048,000 bytes$",
         r"^fingerprinted 500 files, 251 distinct contents$",

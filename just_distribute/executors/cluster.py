@@ -12,10 +12,10 @@ How: one dask task per engine chunk. The function and its keyword constants trav
 bytes (the standard pickle, dill for lambdas, closures and ``__main__`` functions), not
 through dask's own pickling. From ``SCATTER_BYTES`` (16 KiB) on, they are scattered to the
 cluster once per run and every chunk refers to them, so a large function or constant
-crosses the network once per worker, not once per chunk. Each task gets a unique key (never dask's hash of the arguments): two identical
-calls both run. Functions of importable modules travel by reference, as with dask:
-remote workers need those modules installed (the embedded cluster gets the caller's
-import path).
+crosses the network once per worker, not once per chunk. Each task gets a unique key
+(never dask's hash of the arguments): two identical calls both run. Functions of
+importable modules travel by reference, as with dask: remote workers need those modules
+installed (the embedded cluster gets the caller's import path).
 
 A worker that dies mid-chunk: dask reruns the chunk on another worker (its nanny starts a
 fresh one); after ``distributed.scheduler.allowed-failures`` deaths the chunk fails with a

@@ -9,7 +9,6 @@ work is dispatched.
 from __future__ import annotations
 
 import collections.abc as cabc
-import enum
 import functools
 import inspect
 import itertools
@@ -19,145 +18,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from just_distribute.roles import (
+    Role,
+    annotation_role,
+    is_frame_hint,
+    is_pandas,
+    ready_made_test,
+    role_reason,
+    string_role,
+    type_name,
+)
+
 __all__ = ["FunctionInfo", "Plan", "Role", "analyse", "annotation_role", "make_plan"]
 
-_ATOMIC: tuple[type, ...] = (str, bytes, bytearray, memoryview)
 _short = reprlib.Repr()
 _short.maxstring = 40
 _short.maxother = 40
 _short.maxlist = 4
 _short.maxtuple = 4
-
-
-class Role(enum.Enum):
-    """How a distributed parameter receives its part of the input."""
-
-    ELEMENT = "element"
-    BATCH = "batch"
-
-
-def annotation_role(tp: Any) -> Role:
-    """Decide the role of a parameter from its (resolved) annotation."""
-    if tp is inspect.Parameter.empty or tp is Any or isinstance(tp, typing.TypeVar):
-        return Role.ELEMENT
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return annotation_role(typing.get_args(tp)[0])
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        members = [a for a in typing.get_args(tp) if a is not type(None)]
-        if members and all(annotation_role(a) is Role.BATCH for a in members):
-            return Role.BATCH
-        return Role.ELEMENT
-    if origin is tuple:
-        args = typing.get_args(tp)
-        # tuple[int, str] is a record (one element); tuple[int, ...] is a collection.
-        if args and not (len(args) == 2 and args[1] is Ellipsis):
-            return Role.ELEMENT
-    base = origin if origin is not None else tp
-    if not isinstance(base, type):
-        return Role.ELEMENT
-    if issubclass(base, _ATOMIC) or issubclass(base, cabc.Mapping):
-        return Role.ELEMENT
-    if issubclass(base, cabc.Iterable):
-        return Role.BATCH
-    return Role.ELEMENT
-
-
-def _string_role(text: str) -> Role:
-    """Best guess for an annotation string that cannot be evaluated."""
-    head = text.replace("typing.", "").split("[", 1)[0].strip()
-    batch_names = {
-        "list", "List", "tuple", "Tuple", "set", "Set", "frozenset", "FrozenSet", "Sequence",
-        "Iterable", "Collection", "MutableSequence", "ndarray", "np.ndarray", "numpy.ndarray",
-        "Series", "pd.Series", "DataFrame", "pd.DataFrame", "deque",
-    }
-    return Role.BATCH if head in batch_names else Role.ELEMENT
-
-
-def _strip(tp: Any) -> Any:
-    """The annotation behind ``Annotated[...]`` and ``Optional[...]`` (one member only)."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin is typing.Union or type(tp).__name__ == "UnionType":
-            members = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(members) != 1:
-                return tp
-            tp = members[0]
-        else:
-            return tp
-
-
-def role_reason(tp: Any) -> str:
-    """Why a hint gives its role, in words for an error message."""
-    if tp is inspect.Parameter.empty:
-        return "no type hint"
-    if isinstance(tp, str):
-        return f"hint {tp!r} (not resolvable) read by its name"
-    name = str(tp).replace("typing.", "") if typing.get_origin(tp) else _type_name(tp)
-    if tp is Any or isinstance(tp, typing.TypeVar):
-        return f"hint {name} is not a collection"
-    base = typing.get_origin(_strip(tp)) or _strip(tp)
-    if isinstance(base, type) and issubclass(base, _ATOMIC):
-        return f"hint {name} is taken whole although iterable"
-    if isinstance(base, type) and issubclass(base, cabc.Mapping):
-        return f"hint {name} is a Mapping, taken whole"
-    if annotation_role(tp) is Role.BATCH:
-        return f"hint {name} is a collection"
-    return f"hint {name} is not a collection"
-
-
-def _is_pandas(value: Any, *names: str) -> bool:
-    kind = type(value)
-    return kind.__module__.startswith("pandas") and any(
-        c.__name__ in names for c in kind.__mro__
-    )
-
-
-def _is_array(value: Any) -> bool:
-    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
-
-
-def _is_frame_hint(tp: Any) -> bool:
-    base = _strip(tp)
-    return isinstance(base, type) and base.__module__.startswith("pandas") and (
-        base.__name__ in ("DataFrame", "Series")
-    )
-
-
-def _ready_made_test(tp: Any) -> Callable[[Any], bool] | None:
-    """For a batch hint: a test telling a ready-made batch from an element, or ``None``.
-
-    ``ndarray``: an item that is an array is a batch. ``DataFrame``/``Series``: an item that
-    is a frame or a series. ``list[int]`` and other collections of a concrete element type:
-    an item that is a collection but not of the element type (``[1, 2]`` for ``list[int]``;
-    for ``list[list[int]]`` the same item is an element).
-    """
-    tp = _strip(tp)
-    if isinstance(tp, str):
-        return None
-    origin = typing.get_origin(tp)
-    base = origin if origin is not None else tp
-    if not isinstance(base, type):
-        return None
-    if base.__module__ == "numpy" and base.__name__ == "ndarray":
-        return _is_array
-    if base.__module__.startswith("pandas") and base.__name__ in ("DataFrame", "Series"):
-        return lambda v: _is_pandas(v, "DataFrame", "Series")
-    args = typing.get_args(tp)
-    if not args:
-        return None
-    inner = _strip(args[0])
-    inner = typing.get_origin(inner) or inner
-    if not isinstance(inner, type) or inner is object:
-        return None
-    containers = (list, tuple, set, frozenset, range)
-
-    def test(value: Any) -> bool:
-        return isinstance(value, containers) and not isinstance(value, inner)
-
-    return test
 
 
 @dataclass(frozen=True)
@@ -186,7 +64,7 @@ def analyse(fn: Callable[..., Any]) -> FunctionInfo:
     for name, param in signature.parameters.items():
         tp = hints.get(name, param.annotation)
         annotations[name] = tp
-        roles[name] = _string_role(tp) if isinstance(tp, str) else annotation_role(tp)
+        roles[name] = string_role(tp) if isinstance(tp, str) else annotation_role(tp)
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return FunctionInfo(name, signature, roles, annotations)
 
@@ -194,12 +72,6 @@ def analyse(fn: Callable[..., Any]) -> FunctionInfo:
 def short_repr(value: Any) -> str:
     """A repr short enough for an error message."""
     return _short.repr(value)
-
-
-def _type_name(tp: Any) -> str:
-    if tp is inspect.Parameter.empty:
-        return "value"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _sliceable(col: Any) -> bool:
@@ -317,7 +189,7 @@ class Plan:
 def _not_iterable(info: FunctionInfo, name: str, value: Any) -> TypeError:
     return TypeError(
         f"{info.name}() parameter {name!r} is distributed (it was passed positionally), so it "
-        f"takes an iterable with one {_type_name(info.annotations.get(name))} per call; got "
+        f"takes an iterable with one {type_name(info.annotations.get(name))} per call; got "
         f"{type(value).__name__} {short_repr(value)}. Pass a list (or any iterable), or pass "
         f"it by keyword ({name}=...) to give every call the same value."
     )
@@ -369,54 +241,57 @@ def make_plan(
     elements: list[int] = []
     batch_idx: list[int] = []
     columns: list[Any] = list(args)
-    reasons: dict[str, str] = {}
-    for i, (name, value) in enumerate(zip(names, args, strict=True)):
-        is_batch = role(name) is Role.BATCH
-        hint = info.annotations.get(name.split("[", 1)[0], inspect.Parameter.empty)
-        why = role_reason(hint)
-        reasons[name] = f"{name}: {role(name).value} — {why}"
-        if not is_batch and isinstance(value, (str, bytes, bytearray)):
-            raise TypeError(
-                f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
-                f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
-                f"split into characters. Pass a list of them, or pass it by keyword "
-                f"({name}=...) to give every call the same value."
-            )
-        if isinstance(value, cabc.Mapping):
-            raise TypeError(
-                f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
-                f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
-                f"split into its keys. Pass a list of mappings (one per call), "
-                f"list(d.values()) or list(d.items()) for one call per entry, or pass it by "
-                f"keyword ({name}=...) to give every call the same value."
-            )
-        try:
-            iter(value)
-        except TypeError:
-            raise _not_iterable(info, name, value) from None
-        if is_batch and autobatch:
-            ready = _ready_made_test(hint)
-            if _is_pandas(value, "GroupBy") and _is_frame_hint(hint):
-                # One call per group; the keys are the GroupBy's own, in its order.
-                columns[i] = [group for _, group in value]
-                reasons[name] += ", given a GroupBy: one call per group"
-                elements.append(i)
-                continue
-            if ready is not None:
-                made, columns[i] = _ready_made(columns[i], ready, info.name, name)
-                if made:
-                    reasons[name] += (
-                        ", given items that are already batches: one call per item "
-                        "(as autobatch=False)"
-                    )
+    hints = {n: info.annotations.get(n.split("[", 1)[0], inspect.Parameter.empty) for n in names}
+    reasons = {n: f"{n}: {role(n).value} — {role_reason(hints[n])}" for n in names}
+    try:
+        for i, (name, value) in enumerate(zip(names, args, strict=True)):
+            is_batch = role(name) is Role.BATCH
+            hint = hints[name]
+            if not is_batch and isinstance(value, (str, bytes, bytearray)):
+                raise TypeError(
+                    f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
+                    f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
+                    f"split into characters. Pass a list of them, or pass it by keyword "
+                    f"({name}=...) to give every call the same value."
+                )
+            if isinstance(value, cabc.Mapping):
+                raise TypeError(
+                    f"{info.name}() parameter {name!r} is distributed (it was passed positionally) "
+                    f"and got a single {type(value).__name__} {short_repr(value)}, which would be "
+                    f"split into its keys. Pass a list of mappings (one per call), "
+                    f"list(d.values()) or list(d.items()) for one call per entry, or pass it by "
+                    f"keyword ({name}=...) to give every call the same value."
+                )
+            try:
+                iter(value)
+            except TypeError:
+                raise _not_iterable(info, name, value) from None
+            if is_batch and autobatch:
+                ready = ready_made_test(hint)
+                if is_pandas(value, "GroupBy") and is_frame_hint(hint):
+                    # One call per group; the keys are the GroupBy's own, in its order.
+                    columns[i] = [group for _, group in value]
+                    reasons[name] += ", given a GroupBy: one call per group"
                     elements.append(i)
                     continue
-            reasons[name] += ", cut into batches (autobatch)"
-            batch_idx.append(i)
-        else:
-            if is_batch:
-                reasons[name] += ", given ready-made batches (autobatch=False)"
-            elements.append(i)
+                if ready is not None:
+                    made, columns[i] = _ready_made(columns[i], ready, info.name, name)
+                    if made:
+                        reasons[name] += (
+                            ", given items that are already batches: one call per item "
+                            "(as autobatch=False)"
+                        )
+                        elements.append(i)
+                        continue
+                reasons[name] += ", cut into batches (autobatch)"
+                batch_idx.append(i)
+            else:
+                if is_batch:
+                    reasons[name] += ", given ready-made batches (autobatch=False)"
+                elements.append(i)
+    except TypeError as exc:
+        exc.add_note("just_distribute: argument roles: " + "; ".join(reasons.values()))
+        raise
     roles_note = "just_distribute: argument roles: " + "; ".join(reasons.values())
     try:
         plan = _cut(

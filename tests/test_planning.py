@@ -412,6 +412,10 @@ def test_error_notes_show_each_role_and_why() -> None:
         pair([1, 2], [1, 2, 3])
     notes = "\n".join(vinfo.value.__notes__)
     assert "values: batch — hint list[int] is a collection, cut into batches" in notes
+    # The caller-side TypeErrors carry the roles too.
+    with pytest.raises(TypeError, match="'x'") as tinfo:
+        pair(3, [1, 2, 3])
+    assert "x: element — hint int is not a collection" in "\n".join(tinfo.value.__notes__)
 
 
 def test_iter_with_generators_of_different_lengths_names_the_right_counts() -> None:

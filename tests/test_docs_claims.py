@@ -746,3 +746,28 @@ def test_recipes_progress_md_L30_total_is_None_for_an_input_of_unknown_length() 
     f = distribute(job="io", workers=2, progress=lambda d, t: seen.append((d, t)))(square)
     assert list(f.iter(x for x in range(10))) == [x * x for x in range(10)]
     assert seen and all(t is None for _, t in seen) and seen[-1][0] == 10
+
+
+# == guide/executors.md ====================================================================
+@pytest.mark.parametrize(
+    ("line", "attr", "value"),
+    [
+        (71, "remote", False),
+        (72, "chunks_per_worker", 4),
+        (73, "in_flight_per_worker", 2),
+        (74, "target_chunk_seconds", 0.02),
+        (75, "awaits_coroutines", False),
+        (76, "native_initializer", False),
+        (77, "recycles_workers", False),
+        (78, "runs_inline", False),
+    ],
+)
+def test_guide_executors_md_L71_to_L78_capability_defaults(
+    line: int, attr: str, value: Any
+) -> None:
+    from just_distribute.executors.base import Executor
+
+    says("guide/executors.md", line, f"| `{attr}` | ")
+    shown = f"`{value}`" if isinstance(value, bool) else f"| {value} |"
+    says("guide/executors.md", line, shown)
+    assert getattr(Executor, attr) == value

@@ -119,6 +119,7 @@ class _Sizer:
             self.size = max(1, math.ceil(n / parts))
         else:
             self.size, self.adaptive = 1, True
+            self.ramp = 0  # adaptive sizes start at one call already
         self.target = executor.target_chunk_seconds
 
     def next(self) -> int:

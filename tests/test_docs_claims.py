@@ -740,7 +740,7 @@ def test_recipes_migrating_md_L124_job_ray_raises_ValueError_pointing_to_cluster
         distribute(job="ray")
 
 
-def test_recipes_progress_md_L30_total_is_None_for_an_input_of_unknown_length() -> None:
+def test_recipes_progress_md_L36_total_is_None_for_an_input_of_unknown_length() -> None:
     says("recipes/progress.md", 36, "(`total` is `None` when the input's length is unknown")
     seen: list[tuple[int, int | None]] = []
     f = distribute(job="io", workers=2, progress=lambda d, t: seen.append((d, t)))(square)

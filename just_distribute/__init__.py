@@ -8,6 +8,7 @@
 [2, 4, 6]
 """
 
+from ._version import __version__
 from .config import Options, config
 from .decorator import Distributed, DistributeOptions, RunResult, distribute
 from .errors import (
@@ -24,8 +25,6 @@ from .executors import Executor, register_executor
 from .pool import Pool
 from .report import RunReport, WorkerStats
 from .tasks import LazyCall, LazyFunction, compute_this
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CallTimeoutError",

@@ -65,6 +65,22 @@ def test_python_m_demo_help() -> None:
     assert "--quick" in done.stdout and "--no-cluster" in done.stdout
 
 
+def test_version_prints_the_package_version() -> None:
+    import just_distribute
+
+    python_m = [sys.executable, "-m", "just_distribute"]
+    for argv in ([str(SCRIPT), "--version"], [*python_m, "--version"]):
+        done = _run(*argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"just-distribute {just_distribute.__version__}"
+
+
+def test_help_lists_version() -> None:
+    done = _run(str(SCRIPT), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--version" in done.stdout
+
+
 def test_unknown_command_fails_with_usage() -> None:
     done = _run(str(SCRIPT), "nonsense")
     assert done.returncode == 2

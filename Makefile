@@ -4,8 +4,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The other supported Pythons: `make test` runs the test suite on each one found here
+# (pyenv's versions or PATH, see tools/find_python.sh), each in its own .venv-X.Y.
+EXTRA_PYTHONS ?= 3.12 3.13
+# pytest's arguments on the extra Pythons (default: the whole suite, as on .venv).
+PYTEST_PYTHONS_ARGS ?=
+# 1: a missing extra Python fails `make test` instead of being skipped (CI sets it).
+REQUIRE_PYTHONS ?= 0
 
-.PHONY: install demo test lint typecheck pytest docs docs-serve bench bench-smoke clean
+.PHONY: install demo test lint typecheck pytest docs docs-serve bench bench-smoke clean \
+	dist release-check test-pythons
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +21,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	touch $(STAMP)
 
+# The test-only environment of an extra Python: .venv-3.12/.installed, .venv-3.13/.installed.
+.venv-%/.installed: pyproject.toml
+	@py="$$(tools/find_python.sh $*)"; \
+	if [ -z "$$py" ]; then echo "no Python $* on this machine (tools/find_python.sh)" >&2; exit 1; fi; \
+	echo "test -x .venv-$*/bin/python || $$py -m venv .venv-$*"; \
+	test -x .venv-$*/bin/python || "$$py" -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -e ".[test,all]"
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/just-distribute demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check just_distribute tests benchmarks examples
+	$(BIN)/ruff check just_distribute tests benchmarks examples tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,10 +51,24 @@ docs: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --smoke
 
-test: lint typecheck pytest docs bench-smoke
+# The sdist and the wheel, in dist/ (from scratch: no stale build/ or egg-info).
+dist: $(STAMP)
+	rm -rf dist build just_distribute.egg-info
+	$(BIN)/python -m build --outdir dist .
+
+# dist/'s metadata (twine), contents, and a fresh install run from outside the tree.
+release-check: dist
+	$(BIN)/python tools/release_check.py dist
+
+test-pythons:
+	@MAKE="$(MAKE)" REQUIRE_PYTHONS=$(REQUIRE_PYTHONS) \
+		tools/test_pythons.sh $(EXTRA_PYTHONS) -- $(PYTEST_PYTHONS_ARGS)
+
+test: lint typecheck pytest docs bench-smoke release-check test-pythons
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) site build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) site dist build *.egg-info \
+		.mypy_cache .ruff_cache .pytest_cache

@@ -211,9 +211,11 @@ def _cluster_available() -> str | None:
     if importlib.util.find_spec("just_distribute.executors.cluster") is None:
         return "the cluster job is not part of this version"
     try:
-        importlib.import_module("just_distribute.executors.cluster")
-    except ImportError as exc:
-        return f'{exc} (pip install "just-distribute[cluster]")'
+        cluster = importlib.import_module("just_distribute.executors.cluster")
+        # The module imports dask lazily, when a cluster job starts: ask for it here.
+        cluster._import_distributed()
+    except ImportError as exc:  # MissingExtraError is one, and says how to install it
+        return str(exc)
     return None
 
 

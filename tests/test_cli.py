@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,13 +14,9 @@ SCRIPT = Path(sys.executable).parent / "just-distribute"
 
 
 def _cluster_importable() -> bool:
-    if importlib.util.find_spec("just_distribute.executors.cluster") is None:
-        return False
-    try:
-        import just_distribute.executors.cluster  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from just_distribute import demo
+
+    return demo._cluster_available() is None
 
 
 def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

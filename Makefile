@@ -51,10 +51,12 @@ docs: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --smoke
 
-# The sdist and the wheel, in dist/ (from scratch: no stale build/ or egg-info).
+# The sdist and the wheel, in dist/ (from scratch: no stale build/ or egg-info; the egg-info
+# the sdist step writes is removed after, so the tree holds no second copy of the metadata).
 dist: $(STAMP)
 	rm -rf dist build just_distribute.egg-info
 	$(BIN)/python -m build --outdir dist .
+	rm -rf build just_distribute.egg-info
 
 # dist/'s metadata (twine), contents, and a fresh install run from outside the tree.
 release-check: dist

@@ -55,7 +55,7 @@ bench-smoke: $(STAMP)
 # the sdist step writes is removed after, so the tree holds no second copy of the metadata).
 dist: $(STAMP)
 	rm -rf dist build just_distribute.egg-info
-	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m build --quiet --outdir dist .
 	rm -rf build just_distribute.egg-info
 
 # dist/'s metadata (twine), contents, and a fresh install run from outside the tree.

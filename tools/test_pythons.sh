@@ -20,7 +20,7 @@ for v in "${versions[@]}"; do
     if [ -z "$py" ]; then
         why="no python$v in ${PYENV_ROOT:-$HOME/.pyenv}/versions/$v.*/bin or on PATH"
         echo "=== Python $v: skipped ($why)"
-        skipped+=("Python $v: $why")
+        skipped+=("Python $v: skipped ($why)")
         continue
     fi
     echo "=== Python $v ($py): the test suite in .venv-$v"

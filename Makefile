@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.installed
 # The other supported Pythons: `make test` runs the test suite on each one found here
 # (pyenv's versions or PATH, see tools/find_python.sh), each in its own .venv-X.Y.
 EXTRA_PYTHONS ?= 3.12 3.13
-# pytest's arguments on the extra Pythons (default: the whole suite, as on .venv).
-PYTEST_PYTHONS_ARGS ?=
+# pytest's arguments on the extra Pythons. By default the suite without the runs of the docs'
+# pages and of examples/ (tests/test_docs.py, tests/test_examples.py): those check text that is
+# the same on every Python, run on .venv, and would take make test past 20 minutes on a 2-core
+# CI machine. `make test-pythons PYTEST_PYTHONS_ARGS=` runs the whole suite there too.
+PYTEST_PYTHONS_ARGS ?= --ignore=tests/test_docs.py --ignore=tests/test_examples.py
 # 1: a missing extra Python fails `make test` instead of being skipped (CI sets it).
 REQUIRE_PYTHONS ?= 0
 

@@ -17,6 +17,8 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from just_distribute._version import __version__
+
 # Eager, and light (the standard library only): the function ``config`` shares its name
 # with its module, which would otherwise replace it here once anything imports the module.
 from just_distribute.config import Options, config
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
     from just_distribute.pool import AsyncResult, Pool
     from just_distribute.report import RunReport, WorkerStats
     from just_distribute.tasks import LazyCall, LazyFunction, compute_this
-
-__version__ = "0.1.0"
 
 # A library logs, the application decides where it goes: without this, Python's
 # last-resort handler would print our warnings (retries, timeouts) to stderr.

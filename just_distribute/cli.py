@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ._version import __version__
+
 __all__ = ["main"]
 
 _COMMANDS = {
@@ -32,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make an ordinary Python function parallel with one decorator.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"just-distribute {__version__}",
+        help="print the version and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

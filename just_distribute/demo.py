@@ -7,7 +7,8 @@ this thread) and once on the job made for it:
   ``job="cluster"`` (an embedded local dask cluster) when the cluster extra is installed;
 - IO-bound: calls that wait (a stand-in for disk or database latency) on ``job="io"``;
 - web: ``async def`` HTTP requests to a local aiohttp server, started by the demo on
-  127.0.0.1, that answers each request after a delay, on ``job="web"``.
+  127.0.0.1, that answers each request after a delay, on ``job="web"``, when the web extra
+  (aiohttp) is installed.
 
 The functions are ordinary module-level functions decorated with :func:`distribute`, as a
 user would write them. The demo checks that every distributed run returns exactly the
@@ -210,9 +211,18 @@ def _cluster_available() -> str | None:
     if importlib.util.find_spec("just_distribute.executors.cluster") is None:
         return "the cluster job is not part of this version"
     try:
-        importlib.import_module("just_distribute.executors.cluster")
-    except ImportError as exc:
-        return f'{exc} (pip install "just-distribute[cluster]")'
+        cluster = importlib.import_module("just_distribute.executors.cluster")
+        # The module imports dask lazily, when a cluster job starts: ask for it here.
+        cluster._import_distributed()
+    except ImportError as exc:  # MissingExtraError is one, and says how to install it
+        return str(exc)
+    return None
+
+
+def _web_available() -> str | None:
+    """None if the web workload can run here (it needs aiohttp), else why not."""
+    if importlib.util.find_spec("aiohttp") is None:
+        return 'aiohttp is not installed (pip install "just-distribute[web]")'
     return None
 
 
@@ -234,8 +244,9 @@ def main(args: argparse.Namespace) -> int:
     io_calls, wait = (40, 0.01) if quick else (200, 0.02)
     web_calls, delay = (60, 0.02) if quick else (100, 0.05)
     cluster_skip = "--no-cluster was given" if args.no_cluster else _cluster_available()
+    web_skip = _web_available()
     cpu_runs = 1 if cluster_skip else 2
-    total = cpu_calls * (1 + cpu_runs) + 2 * io_calls + 2 * web_calls
+    total = cpu_calls * (1 + cpu_runs) + 2 * io_calls + (0 if web_skip else 2 * web_calls)
 
     print(
         f"just_distribute demo: each workload serially (job='serial'), then distributed; "
@@ -253,17 +264,20 @@ def main(args: argparse.Namespace) -> int:
         rows += _workload(
             bar, "io", wait_and_echo, (range(io_calls),), {"wait": wait}, [("io", {})]
         )
-        with _web_server() as url:
-            rows += _workload(
-                bar, "web", fetch, (range(web_calls),), {"url": url, "delay": delay},
-                [("web", {})],
-            )
+        if web_skip is None:
+            with _web_server() as url:
+                rows += _workload(
+                    bar, "web", fetch, (range(web_calls),), {"url": url, "delay": delay},
+                    [("web", {})],
+                )
     finally:
         bar.close()
     print()
     print(_table(rows))
     if cluster_skip is not None:
         print(f"\ncluster: not run ({cluster_skip})")
+    if web_skip is not None:
+        print(f"\nweb: not run ({web_skip})")
     print(
         "\nstart-up: the first use of a job starts its workers (once; they are reused).\n"
         "cpu: Collatz chain lengths in pure Python; io: a "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,13 +14,9 @@ SCRIPT = Path(sys.executable).parent / "just-distribute"
 
 
 def _cluster_importable() -> bool:
-    if importlib.util.find_spec("just_distribute.executors.cluster") is None:
-        return False
-    try:
-        import just_distribute.executors.cluster  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from just_distribute import demo
+
+    return demo._cluster_available() is None
 
 
 def _run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -63,6 +58,22 @@ def test_python_m_demo_help() -> None:
     done = _run(sys.executable, "-m", "just_distribute", "demo", "--help")
     assert done.returncode == 0, done.stderr
     assert "--quick" in done.stdout and "--no-cluster" in done.stdout
+
+
+def test_version_prints_the_package_version() -> None:
+    import just_distribute
+
+    python_m = [sys.executable, "-m", "just_distribute"]
+    for argv in ([str(SCRIPT), "--version"], [*python_m, "--version"]):
+        done = _run(*argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"just-distribute {just_distribute.__version__}"
+
+
+def test_help_lists_version() -> None:
+    done = _run(str(SCRIPT), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--version" in done.stdout
 
 
 def test_unknown_command_fails_with_usage() -> None:

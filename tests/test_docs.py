@@ -253,6 +253,24 @@ def test_no_registry_host_is_named() -> None:
         assert not found, f"{path.relative_to(ROOT)} names {found}"
 
 
+def test_install_lines_never_install_the_earlier_line() -> None:
+    """The index's ``just-distribute`` 0.1.x is another library: every documented install of
+    the package by name asks for ``>=0.2``; README and the install page say how to tell."""
+    by_name = re.compile(r"""pip install (?:--\S+ \S+ )*["']?just-distribute(?P<rest>[^\s"']*)""")
+    for path in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        for m in by_name.finditer(text):
+            if path.name == "changelog.md":
+                continue
+            assert ">=0.2" in m.group("rest"), f"{path.relative_to(ROOT)}: {m.group(0)!r}"
+    for path in (ROOT / "README.md", DOCS / "index.md"):
+        text = path.read_text(encoding="utf-8")
+        assert 'pip install ".[all]"' in text, path
+        assert "0.1.x" in text and "just-distribute --version" in text, path
+        assert "recipes/migrating.md#from-just-distribute-01x" in text, path
+    assert "from-just-distribute-01x" in _anchors(DOCS / "recipes" / "migrating.md")
+
+
 def test_reference_documents_every_public_name() -> None:
     import just_distribute
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
+import json
 import re
 import sys
 import tomllib
@@ -68,9 +69,54 @@ def test_dependencies_and_extras_as_in_the_design(pyproject: dict[str, Any]) -> 
     assert {"ruff", "mypy"} <= _names(extras["lint"])
 
 
-def test_installed_metadata_matches(pyproject: dict[str, Any]) -> None:
+def _installed_from_this_tree() -> bool:
+    """Whether the installed distribution was built from this checkout (not another one)."""
+    dist = importlib.metadata.distribution("just-distribute")
+    direct = dist.read_text("direct_url.json")
+    if direct is None:  # a wheel install: its files are where just_distribute is imported from
+        import just_distribute
+
+        return Path(str(dist.locate_file("just_distribute"))) == Path(
+            just_distribute.__file__
+        ).parent
+    url = json.loads(direct).get("url", "")
+    return url.startswith("file://") and Path(url[len("file://"):]).resolve() == ROOT
+
+
+def test_installed_metadata_matches() -> None:
     meta = importlib.metadata.metadata("just-distribute")
     assert set(meta.get_all("Provides-Extra") or []) >= {"cluster", "web", "loadtest", "all"}
+
+
+def test_one_source_of_truth_for_the_version(pyproject: dict[str, Any]) -> None:
+    """pyproject reads the version from just_distribute/_version.py; nothing else writes it."""
+    project = pyproject["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "just_distribute._version.__version__"
+    import just_distribute
+    from just_distribute import _version
+
+    assert just_distribute.__version__ == _version.__version__
+    source = (ROOT / "just_distribute" / "_version.py").read_text(encoding="utf-8")
+    assert f'__version__ = "{_version.__version__}"' in source
+    init = (ROOT / "just_distribute" / "__init__.py").read_text(encoding="utf-8")
+    assert "from ._version import __version__" in init
+    assert not re.search(r"^__version__\s*=", init, re.M)
+
+
+def test_the_version_sorts_after_the_earlier_line() -> None:
+    """The registry's ``just-distribute`` 0.1.x is an earlier, Ray-based library."""
     import just_distribute
 
-    assert just_distribute.__version__ == pyproject["project"]["version"]
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", just_distribute.__version__)
+    assert found, just_distribute.__version__
+    assert tuple(int(p) for p in found.groups()) >= (0, 2, 0)
+
+
+def test_version_is_the_installed_metadata_version() -> None:
+    if not _installed_from_this_tree():
+        pytest.skip("the installed just-distribute was built from another checkout")
+    import just_distribute
+
+    assert just_distribute.__version__ == importlib.metadata.version("just-distribute")

@@ -101,7 +101,7 @@ def test_one_source_of_truth_for_the_version(pyproject: dict[str, Any]) -> None:
     source = (ROOT / "just_distribute" / "_version.py").read_text(encoding="utf-8")
     assert f'__version__ = "{_version.__version__}"' in source
     init = (ROOT / "just_distribute" / "__init__.py").read_text(encoding="utf-8")
-    assert "from ._version import __version__" in init
+    assert "from just_distribute._version import __version__" in init
     assert not re.search(r"^__version__\s*=", init, re.M)
 
 

@@ -23,6 +23,7 @@ rerun tries those calls again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -191,7 +192,7 @@ class FileCheckpoint:
         log.debug("checkpoint: calls %d-%d reused from %s", start, start + n - 1, path.name)
         updates = rest[0] if rest and isinstance(rest[0], list) else []  # older records: none
         # Stored relative to the chunk: the same inputs may sit elsewhere in this run.
-        return values, [u._replace(index=start + u.index) for u in updates]
+        return values, [dataclasses.replace(u, index=start + u.index) for u in updates]
 
     def store(
         self,
@@ -207,7 +208,7 @@ class FileCheckpoint:
         if key is None:
             return
         try:
-            relative = [u._replace(index=u.index - start) for u in updates]
+            relative = [dataclasses.replace(u, index=u.index - start) for u in updates]
             data = _wire.dumps((_FORMAT, values, relative))
         except Exception as exc:
             self._warn(f"its results cannot be pickled ({type(exc).__name__}: {exc})")

@@ -228,7 +228,7 @@ class _Run:
         self.updates = UpdateSink(
             plan.name, on_update=options.on_update,
             postfix=getattr(progress, "show_values", None),
-            record=report.add_update if report is not None else None,
+            record=report.add_updates if report is not None else None,
             wake=lambda: self.done.put(_WAKE), keep=checkpoint is not None,
         )
 

@@ -72,11 +72,11 @@ class RunReport:
             stats.busy += max(0.0, ended - started)
             self.calls += calls
 
-    def add_update(self, update: Update | None, dropped: int = 0) -> None:
-        """Keep ``update`` under its call's index; count ``dropped`` coalesced records."""
+    def add_updates(self, updates: list[Update], dropped: int = 0) -> None:
+        """Keep ``updates``, each under its call's index; count ``dropped`` coalesced ones."""
         with self._lock:
-            if update is not None:
-                self.updates.setdefault(update.index, []).append(update)
+            for u in updates:
+                self.updates.setdefault(u.index, []).append(u)
             self.updates_dropped += dropped
 
     def finish(self, wall: float) -> None:
@@ -112,7 +112,7 @@ class RunReport:
                     for name, stats in sorted(self.per_worker.items())
                 },
                 "updates": {
-                    index: [u._asdict() for u in records]
+                    index: [dataclasses.asdict(u) for u in records]
                     for index, records in sorted(self.updates.items())
                 },
                 "updates_dropped": self.updates_dropped,

@@ -26,19 +26,21 @@ This module uses the standard library only: worker processes import it.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import pickle
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["Channel", "Outbox", "TaskUpdates", "Update", "UpdateSink", "update"]
 
 log = logging.getLogger("just_distribute")
 
-#: Records a buffer holds before it coalesces (worker side and caller side alike).
+#: Records a worker's buffer holds before it coalesces; the caller's holds ten times more.
 CAPACITY = 1000
+CALLER_CAPACITY = 10 * CAPACITY
 #: The worker side sends at most one batch per this many seconds (per chunk).
 INTERVAL = 0.005
 
@@ -46,7 +48,8 @@ INTERVAL = 0.005
 Raw = tuple[int, int, float, "str | None", "dict[str, Any]"]
 
 
-class Update(NamedTuple):
+@dataclasses.dataclass(slots=True)
+class Update:
     """One record published by :func:`update` inside a call.
 
     Attributes:
@@ -133,9 +136,11 @@ class _Buffer:
         self.dropped = 0
 
     def add(self, record: Any, call: int, names: tuple[Any, ...]) -> None:
-        if len(self.records) >= self.capacity:
+        records = self.records
+        if len(records) >= self.capacity:
             self._coalesce(call, names)
-        self.records.append((call, names, record))
+            records = self.records
+        records.append((call, names, record))
 
     def _coalesce(self, call: int, names: tuple[Any, ...]) -> None:
         # Keep the newest record per (call, names): the latest value of every name survives.
@@ -160,10 +165,6 @@ class _Buffer:
         return records, dropped
 
 
-def _names(message: str | None, values: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (message is not None, *values)
-
-
 class Outbox:
     """The worker side of a chunk's updates: buffers them and sends batches from a thread.
 
@@ -186,16 +187,19 @@ class Outbox:
 
     def emit(self, at: int, message: str | None, values: dict[str, Any]) -> None:
         """Buffer one record of the call at offset ``at``."""
+        names = (message is not None, *values)
         with self._lock:
             self._seq += 1
-            self._buffer.add((at, self._seq, time.time(), message, values), at,
-                             _names(message, values))
+            self._buffer.add((at, self._seq, time.time(), message, values), at, names)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="just_distribute-updates", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+        # Setting an Event costs a lock and a notify: skip it while the sender is due
+        # anyway (it clears the event before it takes the buffer, so nothing is missed).
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _loop(self) -> None:
         while True:
@@ -237,7 +241,8 @@ class UpdateSink:
         name: the function's name, for the log.
         on_update: called with each :class:`Update`.
         postfix: called with the latest value of every name (the progress bar's postfix).
-        record: called with each :class:`Update` and the count dropped (the run report).
+        record: called with each batch of :class:`Update` records and the count dropped
+            (the run report).
         wake: called when records arrive in an empty buffer (the engine then dispatches).
         keep: keep every call's updates until :meth:`pop` (for the checkpoint).
         owner: the thread ident that dispatches; ``None``: whoever delivers.
@@ -249,7 +254,7 @@ class UpdateSink:
         *,
         on_update: Callable[[Update], None] | None = None,
         postfix: Callable[[dict[str, Any]], None] | None = None,
-        record: Callable[[Update | None, int], None] | None = None,
+        record: Callable[[list[Update], int], None] | None = None,
         wake: Callable[[], None] | None = None,
         keep: bool = False,
         owner: int | None = None,
@@ -262,7 +267,7 @@ class UpdateSink:
         self.owner = owner
         self.kept: dict[int, list[Update]] | None = {} if keep else None
         self.dropped = 0
-        self._buffer = _Buffer()
+        self._buffer = _Buffer(CALLER_CAPACITY)
         self._lock = threading.Lock()
         self._dispatch_lock = threading.Lock()
         self._latest: dict[str, Any] = {}
@@ -274,10 +279,15 @@ class UpdateSink:
 
     def _put(self, updates: list[Update], dropped: int) -> None:
         with self._lock:
-            empty = not self._buffer.records
-            for u in updates:
-                self._buffer.add(u, u.index, _names(u.message, u.values))
-            self._buffer.dropped += dropped
+            buffer = self._buffer
+            empty = not buffer.records
+            if len(buffer.records) + len(updates) <= buffer.capacity:
+                buffer.records += [(u.index, (u.message is not None, *u.values), u)
+                                   for u in updates]
+            else:
+                for u in updates:
+                    buffer.add(u, u.index, (u.message is not None, *u.values))
+            buffer.dropped += dropped
         if self.owner is None or self.owner == threading.get_ident():
             self.dispatch()
         elif empty and self.wake is not None:
@@ -295,26 +305,25 @@ class UpdateSink:
 
     def deliver(self, updates: list[Update], dropped: int = 0) -> None:
         """Dispatch ``updates`` now (also used to replay those restored from a checkpoint)."""
-        if dropped:
-            self.dropped += dropped
-            if self.record is not None:
-                self.record(None, dropped)
-        changed = False
-        for u in updates:
-            if log.isEnabledFor(logging.DEBUG):
+        self.dropped += dropped
+        if self.record is not None:
+            self.record(updates, dropped)
+        if log.isEnabledFor(logging.DEBUG):
+            for u in updates:
                 log.debug("update from call %d of %s on %s: %s%s", u.index, self.name,
                           u.worker, f"{u.message} " if u.message else "", u.values or "")
-            if self.kept is not None:
+        if self.kept is not None:
+            for u in updates:
                 self.kept.setdefault(u.index, []).append(u)
-            if self.record is not None:
-                self.record(u, 0)
-            if u.values:
-                self._latest.update(u.values)
-                changed = True
-            if self.on_update is not None:
+        if self.postfix is not None:
+            latest = self._latest
+            for u in updates:
+                latest.update(u.values)
+            if latest:
+                self.postfix(dict(latest))
+        if self.on_update is not None:
+            for u in updates:
                 self.on_update(u)
-        if changed and self.postfix is not None:
-            self.postfix(dict(self._latest))
 
     def pop(self, start: int, stop: int) -> list[Update]:
         """The kept updates of calls ``start`` to ``stop - 1``, forgotten here."""

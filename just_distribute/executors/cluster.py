@@ -129,7 +129,7 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
         # the chunk was queued.
         worker.log_event(START_TOPIC, worker.get_current_task())
         outbox = _updates.Outbox(functools.partial(
-            _send_updates, worker, worker.get_current_task()
+            _send_updates, worker, str(worker.get_current_task())
         ))
     if outbox is None:
         return _portable_result(run_chunk(fn, columns, stop_on_error, name, "cluster", True),

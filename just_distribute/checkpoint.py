@@ -14,6 +14,9 @@ chunk, in the caller's file system (the records never travel to workers).
 - A record is written atomically (a temporary file, ``fsync``, ``os.replace``): a run
   killed at any moment leaves whole records or none, never half a record.
 
+A record holds the chunk's results and, if its calls published any, their
+:func:`~just_distribute.update` records, so a resumed run still reports them.
+
 Chunk boundaries must be the same on the rerun for lookups to hit; the engine sees to that
 by choosing a fixed chunk size whenever a checkpoint is used (see ``engine._Sizer``).
 Chunks holding an exception as a result (``on_error="return"``) are not recorded, so a
@@ -191,7 +194,6 @@ class FileCheckpoint:
             return None
         log.debug("checkpoint: calls %d-%d reused from %s", start, start + n - 1, path.name)
         updates = rest[0] if rest and isinstance(rest[0], list) else []  # older records: none
-        # Stored relative to the chunk: the same inputs may sit elsewhere in this run.
         return values, [dataclasses.replace(u, index=start + u.index) for u in updates]
 
     def store(
@@ -208,8 +210,10 @@ class FileCheckpoint:
         if key is None:
             return
         try:
+            # Relative to the chunk: the same inputs may sit elsewhere in the next run.
             relative = [dataclasses.replace(u, index=u.index - start) for u in updates]
-            data = _wire.dumps((_FORMAT, values, relative))
+            # Without updates the record keeps its original two fields.
+            data = _wire.dumps((_FORMAT, values, relative) if relative else (_FORMAT, values))
         except Exception as exc:
             self._warn(f"its results cannot be pickled ({type(exc).__name__}: {exc})")
             return

@@ -26,6 +26,9 @@ Nesting: a call made from inside a cluster task (a distributed function calling 
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
+Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
+``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
+
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
 clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
 task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
@@ -107,7 +110,12 @@ def _load_function(key: str, payload: bytes) -> Any:
 
 
 def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) -> Any:
-    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome."""
+    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
+
+    Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
+    ``(outcome, worker name, updates)``: the last updates travel with the outcome, since a
+    dask event sent now could arrive after it.
+    """
     from distributed import get_worker
 
     from just_distribute.executors.process_main import _portable_result

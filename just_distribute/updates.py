@@ -166,19 +166,21 @@ class _Buffer:
 
 
 class Outbox:
-    """The worker side of a chunk's updates: buffers them and sends batches from a thread.
+    """The worker side of updates: buffers them and sends batches from a thread.
 
     ``send(records, dropped)`` may block (a full socket): only the sending thread waits,
-    never the call. The thread starts on the first update, so a chunk without updates costs
-    no thread. :meth:`close` stops it and returns what is left, for the caller to send
-    before the chunk's outcome (so that the last values arrive first).
+    never the call. The thread starts on the first update, so chunks without updates cost
+    no thread. At a chunk's end, :meth:`drain` (the outbox serves the next chunk too) or
+    :meth:`close` returns what is left, for the caller to send before the chunk's outcome,
+    so that the last values arrive first.
     """
 
     def __init__(self, send: Callable[[list[Raw], int], None], interval: float = INTERVAL) -> None:
         self._send = send
         self._interval = interval
         self._buffer = _Buffer()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer
+        self._sending = threading.Lock()  # held while a batch is taken and sent
         self._wake = threading.Event()
         self._closed = False
         self._seq = 0
@@ -205,16 +207,25 @@ class Outbox:
         while True:
             self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                if self._closed:
-                    return
-                records, dropped = self._buffer.take()
-            if records or dropped:
-                try:
-                    self._send(records, dropped)
-                except Exception as exc:  # the caller is gone: the outcome will fail too
-                    log.debug("updates: could not send %d records: %s", len(records), exc)
+            with self._sending:
+                with self._lock:
+                    if self._closed:
+                        return
+                    records, dropped = self._buffer.take()
+                if records or dropped:
+                    try:
+                        self._send(records, dropped)
+                    except Exception as exc:  # the caller is gone: the outcome fails too
+                        log.debug("updates: could not send %d records: %s", len(records), exc)
             time.sleep(self._interval)  # let the next records gather into one batch
+
+    def drain(self) -> tuple[list[Raw], int]:
+        """The records not yet sent and the count dropped, once a batch being sent is gone.
+
+        Call it when the chunk's calls are done (nothing publishes meanwhile).
+        """
+        with self._sending, self._lock:
+            return self._buffer.take()
 
     def close(self) -> tuple[list[Raw], int]:
         """Stop the sending thread; return the records not yet sent and the count dropped."""

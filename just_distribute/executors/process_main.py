@@ -143,6 +143,7 @@ def main() -> None:
     send_frame(conn, pickle.dumps(("ready", os.getpid(), None)))
 
     cache: dict[str, Any] = {}
+    outbox = Outbox(functools.partial(_send_updates, conn))  # one for every chunk
     while True:
         try:
             message = recv_frame(conn)
@@ -164,10 +165,9 @@ def main() -> None:
             tb = "".join(traceback.format_exception(exc))
             send_frame(conn, pickle.dumps(("unloadable", None, tb)))
             continue
-        outbox = Outbox(functools.partial(_send_updates, conn))
         result = run_chunk(fn, columns, stop_on_error, name, "compute", True, outbox.channel)
         try:
-            tail, dropped = outbox.close()
+            tail, dropped = outbox.drain()
             if tail or dropped:  # before the outcome: the last values arrive first
                 _send_updates(conn, tail, dropped)
             send_frame(conn, _portable_result(result, stop_on_error))

@@ -287,6 +287,40 @@ def test_a_call_running_when_the_caller_died_loses_only_its_own(tmp_path: Path) 
     assert lines == [f"{i} ['start', 'value'] 3" for i in range(6)]
 
 
+SCRIPT = """
+from just_distribute import Update, distribute, update
+
+
+def fit(rate):
+    for epoch in range(3):
+        update(epoch=epoch, loss=rate / (epoch + 1))
+    update(f"rate {rate} done")
+    return rate
+
+if __name__ == "__main__":
+    seen = []
+    f = distribute(fit, job="compute", workers=2, on_update=seen.append)
+    print(f([0.1, 0.2, 0.4]))
+    for u in seen:
+        print(u.index, u.message or sorted(u.values.items()))
+"""
+
+
+def test_a_script_run_as_main_publishes_from_compute_workers(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[0.1, 0.2, 0.4]"
+    for index in range(3):
+        mine = [line.split(" ", 1)[1] for line in lines[1:] if line.startswith(f"{index} ")]
+        assert len(mine) == 4 and mine[-1] == f"rate {[0.1, 0.2, 0.4][index]} done"
+        assert mine[0] == f"[('epoch', 0), ('loss', {[0.1, 0.2, 0.4][index]})]"
+
+
 # -- Pool and compute_this ------------------------------------------------------------
 def test_pool_calls_publish(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="just_distribute")

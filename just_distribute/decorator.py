@@ -352,7 +352,8 @@ def distribute(
             - ``on_update``: called with each :class:`~just_distribute.Update` a call
               publishes with :func:`~just_distribute.update`, while the run goes on, in the
               caller's thread, in order per call (a single :meth:`Distributed.submit` call:
-              in a helper thread of the caller's process).
+              in a helper thread of the caller's process). If it raises, the run stops
+              with its error, as with a ``progress`` callable.
             - ``checkpoint``: a directory where finished results are recorded durably, one
               file per chunk, keyed by the function's code and constants and the chunk's
               inputs; a rerun after a crash runs only the calls without a record (see

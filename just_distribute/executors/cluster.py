@@ -113,8 +113,7 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
     """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
 
     Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
-    ``(outcome, worker name, updates)``: the last updates travel with the outcome, since a
-    dask event sent now could arrive after it.
+    ``(outcome, worker name, updates)``: the last updates travel with the outcome.
     """
     from distributed import get_worker
 
@@ -146,7 +145,7 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
     tail, dropped = outbox.close()
     outcome = _portable_result(result, stop_on_error)
     if tail or dropped:
-        # The last updates travel with the outcome: an event could arrive after it.
+        # The last updates travel with the outcome: the sending thread has not sent them.
         return (outcome, name, _updates.encode(tail, dropped))
     return outcome
 
@@ -432,6 +431,9 @@ class ClusterExecutor(Executor):
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
         self._started_by_key.pop(dask_future.key, None)
+        # The chunk's live update events came before this outcome: a worker's events and its
+        # task's completion share its stream to the scheduler, and the scheduler's events and
+        # "key in memory" share the stream to this client, handled in order on its loop.
         receiver = self._updates_by_key.pop(dask_future.key, None)
         if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
             value, worker, tail = value

@@ -183,6 +183,16 @@ def test_a_flood_loses_no_final_value(job: str) -> None:
         assert report.updates_dropped > 0  # a tight loop outruns the socket: coalesced
 
 
+@pytest.mark.parametrize("job", ["io", "serial", "compute"])
+def test_an_error_in_on_update_stops_the_run(job: str) -> None:
+    def broken(u: Update) -> None:
+        raise ValueError(f"display broken at call {u.index}")
+
+    f = distribute(job=job, workers=2, on_update=broken)(steps)
+    with pytest.raises(ValueError, match="display broken at call"):
+        f(range(4), n=2)
+
+
 def test_the_buffer_coalesces_older_values_of_the_same_names() -> None:
     buf = _Buffer(capacity=10)
     for i in range(100):

@@ -41,6 +41,8 @@ log = logging.getLogger("just_distribute")
 #: Records a worker's buffer holds before it coalesces; the caller's holds ten times more.
 CAPACITY = 1000
 CALLER_CAPACITY = 10 * CAPACITY
+#: The caller hands out at most this many records at a time; a longer backlog is coalesced.
+DISPATCH_BATCH = CAPACITY
 #: The worker side sends at most one batch per this many seconds (per chunk).
 INTERVAL = 0.005
 
@@ -142,9 +144,9 @@ class _Buffer:
             records = self.records
         records.append((call, names, record))
 
-    def _coalesce(self, call: int, names: tuple[Any, ...]) -> None:
+    def _coalesce(self, call: int | None = None, names: tuple[Any, ...] = ()) -> None:
         # Keep the newest record per (call, names): the latest value of every name survives.
-        seen = {(call, names)}  # the record being added replaces its older ones
+        seen = {(call, names)}  # the record being added (if any) replaces its older ones
         kept: list[Any] = []
         for entry in reversed(self.records):
             key = (entry[0], entry[1])
@@ -159,10 +161,14 @@ class _Buffer:
         self.dropped += len(self.records) - len(kept)
         self.records = kept
 
-    def take(self) -> tuple[list[Any], int]:
-        records, dropped = [e[2] for e in self.records], self.dropped
-        self.records, self.dropped = [], 0
-        return records, dropped
+    def take(self, most: int | None = None) -> tuple[list[Any], int]:
+        """The oldest ``most`` records (default: all) and the count dropped so far."""
+        if most is not None and len(self.records) > most:
+            head, self.records = self.records[:most], self.records[most:]
+        else:
+            head, self.records = self.records, []
+        dropped, self.dropped = self.dropped, 0
+        return [e[2] for e in head], dropped
 
 
 class Outbox:
@@ -308,11 +314,17 @@ class UpdateSink:
     def dispatch(self) -> None:
         """Hand the buffered records to the callback, postfix, report and logger."""
         with self._dispatch_lock:
-            with self._lock:
-                if not self._buffer.records and not self._buffer.dropped:
-                    return
-                updates, dropped = self._buffer.take()
-            self.deliver(updates, dropped)
+            while True:
+                with self._lock:
+                    buffer = self._buffer
+                    if not buffer.records and not buffer.dropped:
+                        return
+                    if len(buffer.records) > DISPATCH_BATCH:
+                        # A backlog: the caller is slower than the updates. Thin it now,
+                        # not record by record through a slow callback.
+                        buffer._coalesce()
+                    updates, dropped = buffer.take(DISPATCH_BATCH)
+                self.deliver(updates, dropped)
 
     def deliver(self, updates: list[Update], dropped: int = 0) -> None:
         """Dispatch ``updates`` now (also used to replay those restored from a checkpoint)."""

@@ -193,6 +193,20 @@ def test_an_error_in_on_update_stops_the_run(job: str) -> None:
         f(range(4), n=2)
 
 
+def test_a_slow_callback_thins_a_flood_and_never_blocks_the_call() -> None:
+    seen: list[Update] = []
+
+    def slow(u: Update) -> None:
+        seen.append(u)
+        time.sleep(0.001)  # a display that redraws on every update
+
+    results, report = distribute(job="compute", workers=1, on_update=slow)(flood).report([7])
+    assert results == [7]
+    assert seen[-1].values["loss"] == FLOOD - 1
+    assert report.updates_dropped > 0
+    assert len(seen) + report.updates_dropped == FLOOD
+
+
 def test_the_buffer_coalesces_older_values_of_the_same_names() -> None:
     buf = _Buffer(capacity=10)
     for i in range(100):

@@ -41,8 +41,10 @@ log = logging.getLogger("just_distribute")
 #: Records a worker's buffer holds before it coalesces; the caller's holds ten times more.
 CAPACITY = 1000
 CALLER_CAPACITY = 10 * CAPACITY
-#: The caller hands out at most this many records at a time; a longer backlog is coalesced.
+#: The caller hands out at most this many records at a time, and coalesces a backlog longer
+#: than ``BACKLOG`` first (bursts shorter than that pass whole).
 DISPATCH_BATCH = CAPACITY
+BACKLOG = CALLER_CAPACITY // 2
 #: The worker side sends at most one batch per this many seconds (per chunk).
 INTERVAL = 0.005
 
@@ -319,7 +321,7 @@ class UpdateSink:
                     buffer = self._buffer
                     if not buffer.records and not buffer.dropped:
                         return
-                    if len(buffer.records) > DISPATCH_BATCH:
+                    if len(buffer.records) > BACKLOG:
                         # A backlog: the caller is slower than the updates. Thin it now,
                         # not record by record through a slow callback.
                         buffer._coalesce()

@@ -198,7 +198,7 @@ def test_a_slow_callback_thins_a_flood_and_never_blocks_the_call() -> None:
 
     def slow(u: Update) -> None:
         seen.append(u)
-        time.sleep(0.001)  # a display that redraws on every update
+        time.sleep(0.0005)  # a display that redraws on every update
 
     results, report = distribute(job="compute", workers=1, on_update=slow)(flood).report([7])
     assert results == [7]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from just_distribute.pool import AsyncResult, Pool
     from just_distribute.report import RunReport, WorkerStats
     from just_distribute.tasks import LazyCall, LazyFunction, compute_this
+    from just_distribute.updates import Update, update
 
 # A library logs, the application decides where it goes: without this, Python's
 # last-resort handler would print our warnings (retries, timeouts) to stderr.
@@ -61,6 +62,7 @@ _WHERE = {
     "AsyncResult": "pool", "Pool": "pool",
     "RunReport": "report", "WorkerStats": "report",
     "LazyCall": "tasks", "LazyFunction": "tasks", "compute_this": "tasks",
+    "Update": "updates", "update": "updates",
 }
 
 __all__ = [
@@ -88,12 +90,14 @@ __all__ = [
     "RunResult",
     "SendError",
     "Task",
+    "Update",
     "WorkerLostError",
     "WorkerStats",
     "__version__",
     "compute_this",
     "distribute",
     "register_executor",
+    "update",
 ]
 
 

@@ -14,6 +14,9 @@ chunk, in the caller's file system (the records never travel to workers).
 - A record is written atomically (a temporary file, ``fsync``, ``os.replace``): a run
   killed at any moment leaves whole records or none, never half a record.
 
+A record holds the chunk's results and, if its calls published any, their
+:func:`~just_distribute.update` records, so a resumed run still reports them.
+
 Chunk boundaries must be the same on the rerun for lookups to hit; the engine sees to that
 by choosing a fixed chunk size whenever a checkpoint is used (see ``engine._Sizer``).
 Chunks holding an exception as a result (``on_error="return"``) are not recorded, so a
@@ -23,6 +26,7 @@ rerun tries those calls again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -36,6 +40,7 @@ from typing import Any
 
 from just_distribute.executors import wire as _wire
 from just_distribute.planning import Plan
+from just_distribute.updates import Update
 
 __all__ = ["FileCheckpoint", "fingerprint", "open_checkpoint"]
 
@@ -166,8 +171,11 @@ class FileCheckpoint:
             self._warned = True
             log.warning("checkpoint %s: a chunk is not recorded: %s", self.directory, why)
 
-    def lookup(self, start: int, columns: Sequence[Sequence[Any]]) -> list[Any] | None:
-        """The recorded results of the calls in ``columns`` (starting at ``start``), if any."""
+    def lookup(
+        self, start: int, columns: Sequence[Sequence[Any]]
+    ) -> tuple[list[Any], list[Any]] | None:
+        """The recorded results of the calls in ``columns`` (starting at ``start``) and the
+        :class:`~just_distribute.Update` records of those calls, if recorded."""
         key = self._key(columns)
         if key is None:
             return None
@@ -177,7 +185,7 @@ class FileCheckpoint:
         except FileNotFoundError:
             return None
         try:
-            fmt, values = _wire.loads(data)
+            fmt, values, *rest = _wire.loads(data)
         except Exception as exc:
             log.warning("checkpoint record %s is unreadable (%s); running it again", path, exc)
             return None
@@ -185,17 +193,27 @@ class FileCheckpoint:
         if fmt != _FORMAT or not isinstance(values, list) or len(values) != n:
             return None
         log.debug("checkpoint: calls %d-%d reused from %s", start, start + n - 1, path.name)
-        return values
+        updates = rest[0] if rest and isinstance(rest[0], list) else []  # older records: none
+        return values, [dataclasses.replace(u, index=start + u.index) for u in updates]
 
-    def store(self, start: int, columns: Sequence[Sequence[Any]], values: list[Any]) -> None:
-        """Record the results of a finished chunk, atomically."""
+    def store(
+        self,
+        start: int,
+        columns: Sequence[Sequence[Any]],
+        values: list[Any],
+        updates: Sequence[Update] = (),
+    ) -> None:
+        """Record the results of a finished chunk and its calls' updates, atomically."""
         if any(isinstance(v, BaseException) for v in values):
             return  # failed calls are tried again on the next run
         key = self._key(columns)
         if key is None:
             return
         try:
-            data = _wire.dumps((_FORMAT, values))
+            # Relative to the chunk: the same inputs may sit elsewhere in the next run.
+            relative = [dataclasses.replace(u, index=u.index - start) for u in updates]
+            # Without updates the record keeps its original two fields.
+            data = _wire.dumps((_FORMAT, values, relative) if relative else (_FORMAT, values))
         except Exception as exc:
             self._warn(f"its results cannot be pickled ({type(exc).__name__}: {exc})")
             return

@@ -41,6 +41,7 @@ class Options:
     backoff: float = 0.0
     on_error: Literal["raise", "return"] = "raise"
     progress: ProgressOption = False
+    on_update: Callable[[Any], None] | None = None
     checkpoint: str | None = None
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
@@ -167,6 +168,11 @@ def check_options(o: Options) -> Options:
         raise TypeError(
             f"progress must be True (a progress bar), False, or a callable fn(done, total); "
             f"got {o.progress!r}"
+        )
+    if o.on_update is not None and not callable(o.on_update):
+        raise TypeError(
+            f"on_update must be a callable fn(update) (it gets a just_distribute.Update), "
+            f"or None; got {o.on_update!r}"
         )
     return o
 

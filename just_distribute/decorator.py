@@ -21,6 +21,7 @@ from just_distribute.executors.base import is_async
 from just_distribute.planning import FunctionInfo, Plan, analyse, make_plan
 from just_distribute.progress import make_progress
 from just_distribute.report import RunReport
+from just_distribute.updates import Update, UpdateSink
 
 __all__ = ["DistributeOptions", "Distributed", "RunResult", "distribute"]
 
@@ -45,6 +46,7 @@ class DistributeOptions(TypedDict, total=False):
     backoff: float
     on_error: Literal["raise", "return"]
     progress: bool | Callable[[int, int | None], None]
+    on_update: Callable[[Update], None]
     checkpoint: str
     initializer: Callable[..., object]
     initargs: tuple[Any, ...]
@@ -278,7 +280,11 @@ class Distributed(Generic[P, R]):
         target = adapt(self._callable(), ex, options.initializer, options.initargs, native)
         maker = AsyncOneCall if is_async(target) else OneCall
         call = maker(target, tuple(args), dict(kwargs))
-        inner = ex.submit(Task(Payload(call, self._info.name), ([None],), True, RunScope()))
+        # No engine loop here to dispatch updates: they are dispatched as they arrive.
+        sink = UpdateSink(self._info.name, on_update=options.on_update)
+        inner = ex.submit(
+            Task(Payload(call, self._info.name), ([None],), True, RunScope(), sink.receiver(0))
+        )
         out: Future[R] = Future()
         out.set_running_or_notify_cancel()
         name = self._info.name
@@ -341,6 +347,13 @@ def distribute(
               including a lost worker), waiting ``backoff * 2**(attempt - 1)`` seconds.
             - ``on_error``: ``"raise"`` (default) or ``"return"`` (exceptions as results).
             - ``progress``: ``True`` for a progress bar, or a callable ``fn(done, total)``.
+              The bar also shows the latest values the calls publish with
+              :func:`~just_distribute.update`.
+            - ``on_update``: called with each :class:`~just_distribute.Update` a call
+              publishes with :func:`~just_distribute.update`, while the run goes on, in the
+              caller's thread, in order per call (a single :meth:`Distributed.submit` call:
+              in a helper thread of the caller's process). If it raises, the run stops
+              with its error, as with a ``progress`` callable.
             - ``checkpoint``: a directory where finished results are recorded durably, one
               file per chunk, keyed by the function's code and constants and the chunk's
               inputs; a rerun after a crash runs only the calls without a record (see

@@ -31,6 +31,7 @@ from just_distribute.executors.base import ChunkFuture, Executor, Payload, RunSc
 from just_distribute.executors.chunk import ChunkResult
 from just_distribute.planning import Plan
 from just_distribute.report import RunReport
+from just_distribute.updates import UpdateSink
 
 __all__ = ["Checkpoint", "Progress", "execute"]
 
@@ -42,6 +43,8 @@ _MAX_ADAPTIVE_CHUNK = 100_000
 _CHECKPOINT_PARTS = 100
 _CHECKPOINT_STREAM_CHUNK = 16
 _POLL = 0.5  # the longest single wait, so that every loop notices timeouts and signals
+#: Put in the queue of finished futures to wake the loop: updates are waiting.
+_WAKE: Future[Any] = Future()
 
 
 class Progress(Protocol):
@@ -61,11 +64,14 @@ class Checkpoint(Protocol):
     inputs it was computed from (and an input stream of unknown length can be recorded).
     """
 
-    def lookup(self, start: int, columns: tuple[Any, ...]) -> list[Any] | None:
-        """The stored results of the chunk's calls (from call ``start`` on), if recorded."""
+    def lookup(self, start: int, columns: tuple[Any, ...]) -> tuple[list[Any], list[Any]] | None:
+        """The stored results of the chunk's calls (from call ``start`` on) and their
+        updates, if recorded."""
 
-    def store(self, start: int, columns: tuple[Any, ...], values: list[Any]) -> None:
-        """Record the results of a finished chunk, atomically."""
+    def store(
+        self, start: int, columns: tuple[Any, ...], values: list[Any], updates: list[Any]
+    ) -> None:
+        """Record the results of a finished chunk and its calls' updates, atomically."""
 
 
 #: Seconds per call measured in earlier runs, per (job, function name): the latest few.
@@ -219,10 +225,19 @@ class _Run:
         # In order, the results before a failed call are still owed to the caller: the
         # earliest failure waits here until the output reaches it (no new chunk starts).
         self.failed: tuple[int, BaseException] | None = None
+        self.updates = UpdateSink(
+            plan.name, on_update=options.on_update,
+            postfix=getattr(progress, "show_values", None),
+            record=report.add_updates if report is not None else None,
+            wake=lambda: self.done.put(_WAKE), keep=checkpoint is not None,
+        )
 
     # -- submitting ------------------------------------------------------------------
     def submit(self, ch: _Chunk) -> None:
-        task = Task(self.payload, ch.remaining(), self.stop_on_error, self.scope)
+        task = Task(
+            self.payload, ch.remaining(), self.stop_on_error, self.scope,
+            self.updates.receiver(ch.start + ch.offset),
+        )
         try:
             fut = self.executor.submit(task)
         except SendError as exc:
@@ -240,8 +255,9 @@ class _Run:
     def settle(self, ch: _Chunk) -> None:
         """The chunk has all its values."""
         if self.checkpoint is not None:
+            updates = self.updates.pop(ch.start, ch.start + ch.size)
             try:
-                self.checkpoint.store(ch.start, ch.columns, ch.values)
+                self.checkpoint.store(ch.start, ch.columns, ch.values, updates)
             except Exception as exc:  # a full disk must not cost the results themselves
                 log.error("checkpoint: could not record calls from %d on: %s", ch.start, exc)
         self.finished[ch.seq] = ch.values
@@ -292,6 +308,7 @@ class _Run:
 
     def outcome(self, fut: ChunkFuture) -> None:
         ch = self.pending.pop(fut)
+        self.updates.dispatch()  # the chunk's updates before its results (checkpoint)
         try:
             result: ChunkResult = fut.result()
         except CancelledError:
@@ -380,6 +397,7 @@ class _Run:
         source = self.plan.chunks(self.sizer.next)
         exhausted = False
         seq = next_out = 0
+        self.updates.owner = threading.get_ident()  # a serial call's updates: at once
         try:
             while True:
                 while not exhausted and self.failed is None and (
@@ -398,8 +416,9 @@ class _Run:
                         else None
                     )
                     if stored is not None:
-                        ch.values, ch.offset = stored, ch.size
-                        self.finished[ch.seq] = stored
+                        ch.values, ch.offset = stored[0], ch.size
+                        self.finished[ch.seq] = ch.values
+                        self.updates.replay(stored[1])
                         if self.progress is not None:
                             self.progress.update(self.plan.weight(columns))
                     else:
@@ -424,6 +443,7 @@ class _Run:
                         yielded = True
                 if not self.pending and not self.delayed:
                     if exhausted and not self.finished:
+                        self.updates.dispatch()
                         return
                     continue
                 if yielded and not exhausted and self.failed is None:
@@ -443,6 +463,7 @@ class _Run:
                                 fut = self.done.get_nowait()
                             except queue.Empty:
                                 break
+                    self.updates.dispatch()
                 else:
                     time.sleep(self.wait_time())
                 self.check_timeouts()

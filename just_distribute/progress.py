@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -63,6 +64,7 @@ class ProgressBar:
             total=total, desc=desc, unit=unit, dynamic_ncols=True, file=file
         )
         self._closed = False
+        self._shown = 0.0
 
     @property
     def n(self) -> int:
@@ -73,6 +75,17 @@ class ProgressBar:
         """Count ``n`` more units as done."""
         if n:
             self._bar.update(n)
+
+    def show_values(self, values: dict[str, Any]) -> None:
+        """Show the latest :func:`~just_distribute.update` values after the bar."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        # Redrawing costs far more than an update: at most ten times a second.
+        redraw = now - self._shown >= 0.1
+        if redraw:
+            self._shown = now
+        self._bar.set_postfix({k: _short(v) for k, v in values.items()}, refresh=redraw)
 
     def close(self) -> None:
         """Draw the final state and release the bar (idempotent)."""
@@ -106,6 +119,13 @@ class ProgressCallback:
 
     def close(self) -> None:
         """Nothing to release: the callback has seen every update."""
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 20 else text[:19] + "…"
 
 
 def make_progress(

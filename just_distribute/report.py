@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from just_distribute.updates import Update
+
 __all__ = ["RunReport", "WorkerStats"]
 
 
@@ -44,6 +46,11 @@ class RunReport:
             attempt; calls restored from a checkpoint are not run and do not count).
         wall: the run's wall time in seconds.
         per_worker: per worker name, its :class:`WorkerStats`.
+        updates: per call index, the :class:`~just_distribute.Update` records its call
+            published with :func:`~just_distribute.update`, in order (also those restored
+            from a checkpoint).
+        updates_dropped: records coalesced away because they came faster than the caller
+            took them (the latest value of every name is never dropped).
     """
 
     function: str
@@ -52,6 +59,8 @@ class RunReport:
     calls: int = 0
     wall: float = 0.0
     per_worker: dict[str, WorkerStats] = field(default_factory=dict)
+    updates: dict[int, list[Update]] = field(default_factory=dict)
+    updates_dropped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, worker: str, calls: int, started: float, ended: float) -> None:
@@ -62,6 +71,13 @@ class RunReport:
             stats.chunks += 1
             stats.busy += max(0.0, ended - started)
             self.calls += calls
+
+    def add_updates(self, updates: list[Update], dropped: int = 0) -> None:
+        """Keep ``updates``, each under its call's index; count ``dropped`` coalesced ones."""
+        with self._lock:
+            for u in updates:
+                self.updates.setdefault(u.index, []).append(u)
+            self.updates_dropped += dropped
 
     def finish(self, wall: float) -> None:
         """Close the report with the run's wall time."""
@@ -95,6 +111,11 @@ class RunReport:
                     name: dataclasses.asdict(stats)
                     for name, stats in sorted(self.per_worker.items())
                 },
+                "updates": {
+                    index: [dataclasses.asdict(u) for u in records]
+                    for index, records in sorted(self.updates.items())
+                },
+                "updates_dropped": self.updates_dropped,
             }
 
     def table(self) -> str:

@@ -50,6 +50,12 @@ EXPECTED: dict[str, list[str]] = {
         r"^lost: +exit code 3$",
         r"^errors_and_retries ok$",
     ],
+    "training_curves.py": [
+        r"^followed 100 losses live from 4 fits$",
+        r"^learning rate 0\.3: final loss 0\.0\d+$",
+        r"^best learning rate 0\.3, curves drawn to training_curves\.png$",
+        r"^training_curves ok$",
+    ],
     "progress_report.py": [
         r"^progress moved \d+ times, up to 400$",
         r"^fetch on job='io' with 4 workers: 400 calls",

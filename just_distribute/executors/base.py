@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from just_distribute.errors import SendError
 from just_distribute.executors.chunk import ChunkResult, run_chunk
+from just_distribute.updates import Channel, TaskUpdates
 
 __all__ = [
     "ChunkFuture", "Executor", "Payload", "PortableTask", "RunScope", "Task", "current_run",
@@ -46,6 +47,9 @@ class ChunkFuture(Future[ChunkResult]):
     def __init__(self) -> None:
         super().__init__()
         self.started_at: float | None = None
+        #: Where the chunk's :func:`~just_distribute.update` records go (set by executors
+        #: that receive them apart from the outcome).
+        self.updates: TaskUpdates | None = None
 
     def track(self, other: Future[ChunkResult]) -> None:
         """Take the outcome of ``other`` (a ``concurrent.futures`` future) when it is done.
@@ -148,9 +152,14 @@ current_run: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
 
 
 class Task:
-    """One chunk of calls to run: the function, the columns, what to do on an error."""
+    """One chunk of calls to run: the function, the columns, what to do on an error.
 
-    __slots__ = ("columns", "payload", "run", "stop_on_error")
+    ``updates``, if set, receives the :func:`~just_distribute.update` records of the calls:
+    an executor running calls in this process passes :meth:`channel` to ``run_chunk``; one
+    running them elsewhere hands the batches its workers send to ``updates.receive``.
+    """
+
+    __slots__ = ("columns", "payload", "run", "stop_on_error", "updates")
 
     def __init__(
         self,
@@ -158,11 +167,17 @@ class Task:
         columns: Sequence[Sequence[Any]],
         stop_on_error: bool,
         run: RunScope,
+        updates: TaskUpdates | None = None,
     ) -> None:
         self.payload = payload
         self.columns = columns
         self.stop_on_error = stop_on_error
         self.run = run
+        self.updates = updates
+
+    def channel(self, worker: str) -> Channel | None:
+        """Where calls running in this process publish their updates (None: nowhere)."""
+        return None if self.updates is None else self.updates.channel(worker)
 
     def run_here(self, worker: str = "", job: str = "") -> ChunkResult:
         """Run the chunk in this thread and return its outcome (errors as values).
@@ -172,9 +187,10 @@ class Task:
             job: the job whose worker this is: a distributed call made inside one of the
                 calls of the same job then runs serially instead of waiting on the pool.
         """
+        name = worker or threading.current_thread().name
         return run_chunk(
-            self.payload.fn, self.columns, self.stop_on_error,
-            worker or threading.current_thread().name, job, False,
+            self.payload.fn, self.columns, self.stop_on_error, name, job, False,
+            self.channel(name),
         )
 
     def portable(self) -> PortableTask:

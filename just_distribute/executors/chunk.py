@@ -13,6 +13,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from just_distribute import updates as _updates
+from just_distribute.updates import Channel
+
 __all__ = ["CallError", "ChunkResult", "current_job", "run_chunk"]
 
 #: The job whose worker is running the current call ("" outside any worker). Used to run
@@ -47,17 +50,21 @@ def run_chunk(
     worker: str,
     job: str,
     remote: bool,
+    channel: Channel | None = None,
 ) -> ChunkResult:
     """Run ``fn`` over the rows of ``columns``.
 
     With ``stop_on_error`` the chunk stops at the first exception (``values`` then holds the
     results before it); otherwise the exception object takes the failed call's place and
     the chunk goes on. ``remote`` asks for the traceback as text, to cross a process line.
+    ``channel`` receives the calls' :func:`~just_distribute.update` records.
     """
     token = current_job.set(job)
     started = time.time()
     values: list[Any] = []
     errors: list[CallError] = []
+    # The channel reads len(values) for the running call's offset: no per-call cost.
+    channel_token = _updates.install(channel, values)
     n = len(columns[0]) if columns else 0
     try:
         while len(values) < n:
@@ -74,5 +81,6 @@ def run_chunk(
                     break
                 values.append(exc)
     finally:
+        _updates.uninstall(channel_token)
         current_job.reset(token)
     return ChunkResult(values, errors, worker, started, time.time())

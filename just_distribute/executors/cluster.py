@@ -26,6 +26,9 @@ Nesting: a call made from inside a cluster task (a distributed function calling 
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
+Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
+``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
+
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
 clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
 task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
@@ -34,6 +37,7 @@ task cannot be stopped, so a timed-out call is abandoned (its result ignored), n
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import queue
 import re
@@ -47,6 +51,7 @@ from collections import OrderedDict
 from concurrent.futures import InvalidStateError
 from typing import Any
 
+from just_distribute import updates as _updates
 from just_distribute.config import Options, usable_cpus
 from just_distribute.errors import (
     ClusterUnreachableError,
@@ -62,6 +67,7 @@ from just_distribute.executors.chunk import ChunkResult, current_job, run_chunk
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import on_stop, start_service
+from just_distribute.updates import TaskUpdates
 
 __all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create"]
 
@@ -74,6 +80,8 @@ SCATTER_BYTES = 16 * 1024
 _WORKER_CACHE_SIZE = 8
 #: The dask event topic on which a worker announces that it starts a chunk.
 START_TOPIC = "just-distribute-chunk-started"
+#: The dask event topic on which a worker sends the updates of a running chunk.
+UPDATE_TOPIC = "just-distribute-chunk-updates"
 _worker_cache: OrderedDict[str, Any] = OrderedDict()
 _worker_lock = threading.Lock()
 
@@ -101,8 +109,12 @@ def _load_function(key: str, payload: bytes) -> Any:
     return fn
 
 
-def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) -> bytes:
-    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome."""
+def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) -> Any:
+    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
+
+    Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
+    ``(outcome, worker name, updates)``: the last updates travel with the outcome.
+    """
     from distributed import get_worker
 
     from just_distribute.executors.process_main import _portable_result
@@ -113,6 +125,7 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
     except Exception:
         tb = traceback.format_exc()
         return _wire.dumps(("unloadable", None, tb))
+    outbox: _updates.Outbox | None = None
     try:
         worker = get_worker()
     except ValueError:
@@ -122,8 +135,23 @@ def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) ->
         # Tell the caller the chunk starts now: its timeout= clock starts here, not when
         # the chunk was queued.
         worker.log_event(START_TOPIC, worker.get_current_task())
-    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True)
-    return _portable_result(result, stop_on_error)
+        outbox = _updates.Outbox(functools.partial(
+            _send_updates, worker, str(worker.get_current_task())
+        ))
+    if outbox is None:
+        return _portable_result(run_chunk(fn, columns, stop_on_error, name, "cluster", True),
+                                stop_on_error)
+    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True, outbox.channel)
+    tail, dropped = outbox.close()
+    outcome = _portable_result(result, stop_on_error)
+    if tail or dropped:
+        # The last updates travel with the outcome: the sending thread has not sent them.
+        return (outcome, name, _updates.encode(tail, dropped))
+    return outcome
+
+
+def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:
+    worker.log_event(UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped)))
 
 
 # -- the caller side ----------------------------------------------------------------------
@@ -189,6 +217,7 @@ class ClusterExecutor(Executor):
         self._scattered: dict[str, Any] = {}
         self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
         self._started_by_key: dict[str, ChunkFuture] = {}  # chunks not yet started
+        self._updates_by_key: dict[str, TaskUpdates] = {}  # chunks whose updates are wanted
         self._subscribed = False
         self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str, bool, Any] | None] = (
             queue.SimpleQueue()
@@ -265,6 +294,21 @@ class ClusterExecutor(Executor):
                 fut.started_at = time.monotonic()
 
         client.subscribe_topic(START_TOPIC, on_start)
+        receivers = self._updates_by_key
+
+        def on_updates(event: Any) -> None:
+            key, worker, data = event[1]
+            receiver = receivers.get(key)
+            if receiver is None:
+                return
+            try:
+                records, dropped = _updates.decode(data)
+            except Exception as exc:  # a value whose class the caller cannot import
+                log.debug("updates of %s could not be read: %s", key, exc)
+                return
+            receiver.receive(worker, records, dropped)
+
+        client.subscribe_topic(UPDATE_TOPIC, on_updates)
 
     def _connect(self) -> Any:
         distributed = _import_distributed()
@@ -336,6 +380,8 @@ class ClusterExecutor(Executor):
         fut.mark_started()
         fut.started_at = None  # set when the worker announces the start (see _subscribe)
         self._started_by_key[key] = fut  # before submitting: the start may be announced soon
+        if task.updates is not None:
+            self._updates_by_key[key] = task.updates
         try:
             dask_future = client.submit(
                 run_on_worker, payload, task.payload.key, data, task.stop_on_error,
@@ -343,6 +389,7 @@ class ClusterExecutor(Executor):
             )
         except BaseException:
             self._started_by_key.pop(key, None)
+            self._updates_by_key.pop(key, None)
             raise
         fut.dask_future = dask_future
         name = task.payload.name
@@ -384,6 +431,15 @@ class ClusterExecutor(Executor):
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
         self._started_by_key.pop(dask_future.key, None)
+        # The chunk's live update events came before this outcome: a worker's events and its
+        # task's completion share its stream to the scheduler, and the scheduler's events and
+        # "key in memory" share the stream to this client, handled in order on its loop.
+        receiver = self._updates_by_key.pop(dask_future.key, None)
+        if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
+            value, worker, tail = value
+            if receiver is not None:
+                records, dropped = _updates.decode(tail)
+                receiver.receive(worker, records, dropped)
         if ok:
             try:
                 outcome = _wire.loads(value)

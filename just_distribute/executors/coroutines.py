@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from just_distribute import updates as _updates
 from just_distribute.executors.base import ChunkFuture, Executor, Task, current_run, is_async
 from just_distribute.executors.chunk import CallError, ChunkResult, current_job, run_chunk
 from just_distribute.executors.threads import pass_failure
@@ -135,6 +136,7 @@ class CoroutineExecutor(Executor):
         started = time.time()
         values: list[Any] = []
         errors: list[CallError] = []
+        updates_token = _updates.install(task.channel(name), values)
         try:
             for args in zip(*task.columns, strict=True):
                 try:
@@ -145,6 +147,7 @@ class CoroutineExecutor(Executor):
                         break
                     values.append(exc)
         finally:
+            _updates.uninstall(updates_token)
             current_job.reset(job_token)
             current_run.reset(run_token)
         if not fut.done():
@@ -154,9 +157,10 @@ class CoroutineExecutor(Executor):
         if not fut.mark_started():
             return
         try:
+            name = threading.current_thread().name
             result = run_chunk(
-                task.payload.fn, task.columns, task.stop_on_error,
-                threading.current_thread().name, self.name, False,
+                task.payload.fn, task.columns, task.stop_on_error, name, self.name, False,
+                task.channel(name),
             )
         except BaseException as exc:
             fut.set_exception(exc)

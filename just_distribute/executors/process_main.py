@@ -8,6 +8,7 @@ parent disappears. It ignores SIGINT: the parent decides what a Ctrl-C stops.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -109,6 +110,14 @@ def _picklable(value: Any) -> bool:
     return True
 
 
+def _send_updates(conn: socket.socket, records: list[Any], dropped: int) -> None:
+    """Send a batch of the running chunk's updates (a frame between its start and outcome)."""
+    from just_distribute.executors.wire import send_frame
+    from just_distribute.updates import FRAME_TAG, encode
+
+    send_frame(conn, FRAME_TAG + encode(records, dropped))
+
+
 def main() -> None:
     """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,6 +130,7 @@ def main() -> None:
 
     from just_distribute.executors.chunk import run_chunk
     from just_distribute.executors.wire import loads
+    from just_distribute.updates import Outbox
 
     if init_bytes is not None:
         try:
@@ -133,6 +143,7 @@ def main() -> None:
     send_frame(conn, pickle.dumps(("ready", os.getpid(), None)))
 
     cache: dict[str, Any] = {}
+    outbox = Outbox(functools.partial(_send_updates, conn))  # one for every chunk
     while True:
         try:
             message = recv_frame(conn)
@@ -154,8 +165,11 @@ def main() -> None:
             tb = "".join(traceback.format_exception(exc))
             send_frame(conn, pickle.dumps(("unloadable", None, tb)))
             continue
-        result = run_chunk(fn, columns, stop_on_error, name, "compute", True)
+        result = run_chunk(fn, columns, stop_on_error, name, "compute", True, outbox.channel)
         try:
+            tail, dropped = outbox.drain()
+            if tail or dropped:  # before the outcome: the last values arrive first
+                _send_updates(conn, tail, dropped)
             send_frame(conn, _portable_result(result, stop_on_error))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break

@@ -26,6 +26,7 @@ from concurrent.futures import InvalidStateError
 from pathlib import Path
 from typing import Any
 
+from just_distribute import updates as _updates
 from just_distribute.errors import (
     InitializerError,
     ReceiveError,
@@ -209,6 +210,9 @@ class _Worker:
                 self._lost(fut)
                 sent = None
                 continue
+            if reply[:1] == _updates.FRAME_TAG:  # updates of the running chunk, not its outcome
+                self._updates(reply, fut)
+                continue
             owner.running.pop(fut, None)
             self.chunks_done += 1
             retire = owner.max_tasks is not None and self.chunks_done >= owner.max_tasks
@@ -232,6 +236,16 @@ class _Worker:
                 log.debug("worker %s retires after %d chunks", self.pid, self.chunks_done)
                 self.stop()
         self.stop()
+
+    def _updates(self, frame: bytearray, fut: ChunkFuture) -> None:
+        if fut.updates is None:
+            return
+        try:
+            records, dropped = _updates.decode(memoryview(frame)[1:])
+        except Exception as exc:  # a value whose class the caller cannot import
+            log.debug("updates from worker %s could not be read: %s", self.pid, exc)
+            return
+        fut.updates.receive(f"compute-{self.index}", records, dropped)
 
     def _deliver(self, reply: bytearray, fut: ChunkFuture) -> None:
         try:
@@ -333,6 +347,7 @@ class ProcessExecutor(Executor):
         if not self._workers:
             self._start()
         fut = ChunkFuture()
+        fut.updates = task.updates
         self.queue.put((task.payload, data, task.stop_on_error, fut))
         return fut
 

@@ -32,13 +32,15 @@ class SerialExecutor(Executor):
         """Run the chunk now and return a finished future."""
         fut = ChunkFuture()
         fut.mark_started()
+        name = f"serial:{threading.current_thread().name}"
         result = run_chunk(
             task.payload.fn,
             task.columns,
             task.stop_on_error,
-            f"serial:{threading.current_thread().name}",
+            name,
             "",  # nested calls inside a serial run may use any job
             False,
+            task.channel(name),
         )
         fut.set_result(result)
         return fut

@@ -58,13 +58,10 @@ class ThreadExecutor(Executor):
         if not fut.mark_started():
             return
         try:
+            name = threading.current_thread().name
             result = run_chunk(
-                task.payload.fn,
-                task.columns,
-                task.stop_on_error,
-                threading.current_thread().name,
-                self.name,
-                False,
+                task.payload.fn, task.columns, task.stop_on_error, name, self.name, False,
+                task.channel(name),
             )
         except BaseException as exc:
             fut.set_exception(exc)

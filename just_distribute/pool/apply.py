@@ -22,6 +22,7 @@ from just_distribute.executors import Payload, RunScope, Task
 from just_distribute.executors.chunk import ChunkResult
 from just_distribute.planning import short_repr
 from just_distribute.pool.support import AsyncResult, Notifier, OwnedExecutor, terminated
+from just_distribute.updates import UpdateSink
 
 __all__ = ["ApplyQueue"]
 
@@ -46,8 +47,12 @@ class ApplyQueue:
         executor: OwnedExecutor,
         notifier: Notifier,
         fail: Callable[[BaseException, str | None, str, str], BaseException],
+        updates: UpdateSink | None = None,
     ) -> None:
         self.executor = executor
+        # The calls' update() records; a call's index is its number in the order sent.
+        self.updates = updates
+        self.sent = 0
         self.notifier = notifier
         self.fail = fail  # decorates an error with the failed call
         self.cond = threading.Condition()
@@ -114,7 +119,12 @@ class ApplyQueue:
     def _send(self, batch: list[_Call]) -> None:
         payload = batch[0][0]
         scope = RunScope()
-        task = Task(payload, ([call for _, call, _ in batch],), False, scope)
+        receiver = None
+        if self.updates is not None:
+            with self.cond:
+                receiver = self.updates.receiver(self.sent)
+                self.sent += len(batch)
+        task = Task(payload, ([call for _, call, _ in batch],), False, scope, receiver)
         try:
             fut = self.executor.submit(task)
         except Exception as exc:

@@ -55,6 +55,7 @@ from just_distribute.pool.support import (
     terminated,
 )
 from just_distribute.progress import make_progress
+from just_distribute.updates import Update, UpdateSink
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 
@@ -110,6 +111,10 @@ class Pool:
             ``"serial"``, or a ``concurrent.futures.Executor`` or dask ``Client`` (used as
             it is and not shut down by the pool).
         address: the dask scheduler of ``job="cluster"``.
+        on_update: called with each :class:`~just_distribute.Update` that a call publishes
+            with :func:`~just_distribute.update`, while it runs, in the thread that runs the
+            pool's loop for that task (the caller's for ``map``); updates also go to the
+            ``just_distribute`` logger at DEBUG.
 
     Raises:
         ValueError: ``processes < 1``, an unknown job, or a bad ``maxtasksperchild``.
@@ -131,6 +136,7 @@ class Pool:
         *,
         job: Any = "compute",
         address: str | None = None,
+        on_update: Callable[[Update], None] | None = None,
     ) -> None:
         if processes is not None and (isinstance(processes, bool) or processes < 1):
             raise ValueError(f"Pool(processes={processes!r}): the number of workers must be >= 1")
@@ -145,6 +151,8 @@ class Pool:
             explicit["workers"] = processes
         if address is not None:
             explicit["address"] = address
+        if on_update is not None:
+            explicit["on_update"] = on_update
         if initializer is not None:
             explicit["initializer"] = initializer
         # Errors follow multiprocessing: the first one is raised, never returned as a value.
@@ -165,7 +173,9 @@ class Pool:
         self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self._notifier = Notifier()
         self._payloads: dict[Callable[..., Any], Payload] = {}
-        self._applies = ApplyQueue(self._executor, self._notifier, _note_call)
+        self._applies = ApplyQueue(
+            self._executor, self._notifier, _note_call, UpdateSink("apply", on_update=on_update)
+        )
         self._finalizer = weakref.finalize(
             self, _finalize, self._executor, self._notifier, self._applies
         )

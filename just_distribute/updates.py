@@ -1,0 +1,442 @@
+"""Updates from inside a running call: ``just_distribute.update(epoch=3, loss=0.21)``.
+
+A call publishes small records while it runs; the caller receives them live (``on_update=``,
+the progress bar's postfix, ``report.updates``, the ``just_distribute`` logger at DEBUG).
+
+::
+
+    call (worker)            worker side                 caller side (engine thread)
+    update(loss=.2) --> Outbox: bounded buffer  --> UpdateSink: bounded buffer --> on_update
+                        (compute: "U" frames on         (wakes the engine,     progress postfix
+                         the worker's socket;            which dispatches)     report.updates
+                         cluster: dask events)                                 log.debug
+
+In-process jobs (io, web, serial) skip the worker side: the call writes into the sink.
+Both buffers are bounded: when the reader is slower than the call, older values of the same
+names in the same call are *coalesced* (dropped, counted) so the newest always survive, and
+``update()`` never waits for the caller.
+
+The call's index costs nothing to find: ``run_chunk`` collects results with
+``values.extend(map(fn, ...))``, and the list grows one result at a time, so while call
+``i`` of a chunk runs, ``len(values) == i``.
+
+This module uses the standard library only: worker processes import it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["Channel", "Outbox", "TaskUpdates", "Update", "UpdateSink", "update"]
+
+log = logging.getLogger("just_distribute")
+
+#: Records a worker's buffer holds before it coalesces; the caller's holds ten times more.
+CAPACITY = 1000
+CALLER_CAPACITY = 10 * CAPACITY
+#: The caller hands out at most this many records at a time, and coalesces a backlog longer
+#: than ``BACKLOG`` first (bursts shorter than that pass whole).
+DISPATCH_BATCH = CAPACITY
+BACKLOG = CALLER_CAPACITY // 2
+#: The worker side sends at most one batch per this many seconds (per chunk).
+INTERVAL = 0.005
+
+# A record as it travels: (offset of the call in its task, seq, unix time, message, values).
+Raw = tuple[int, int, float, "str | None", "dict[str, Any]"]
+
+
+@dataclasses.dataclass(slots=True)
+class Update:
+    """One record published by :func:`update` inside a call.
+
+    Attributes:
+        index: the call's index in the run (input order, from 0).
+        worker: the name of the worker that ran the call.
+        seq: increases with every update of the call (gaps: coalesced records).
+        time: when it was published (``time.time()`` on the worker).
+        message: the text passed, or ``None``.
+        values: the named values passed.
+    """
+
+    index: int
+    worker: str
+    seq: int
+    time: float
+    message: str | None
+    values: dict[str, Any]
+
+
+class Channel:
+    """Where :func:`update` writes, installed by ``run_chunk`` for the calls of a chunk."""
+
+    __slots__ = ("calls", "emit")
+
+    def __init__(self, emit: Callable[[int, str | None, dict[str, Any]], None]) -> None:
+        self.emit = emit
+        self.calls: list[Any] = []  # the chunk's results so far: its length is the offset
+
+
+_current: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
+    "just_distribute_updates", default=None
+)
+
+
+def update(message: str | None = None, /, **values: Any) -> None:
+    """Publish a record from inside a distributed call; outside one, do nothing.
+
+    The caller receives it while the run goes on: ``on_update=`` gets an :class:`Update`,
+    the progress bar shows the latest values, ``report.updates[index]`` lists them, and the
+    ``just_distribute`` logger logs them at DEBUG. Works on every job, in ``Pool`` and
+    ``compute_this`` calls. It never waits for the caller: when updates come faster than
+    the caller takes them, older values of the same names are dropped (and counted in
+    ``report.updates_dropped``); the latest value of each name always arrives.
+
+    Only the thread (or asyncio task) that runs the call publishes: threads the call starts
+    itself do not inherit the call's context.
+
+    Args:
+        message: a line of text (optional).
+        **values: named values, e.g. ``epoch=3, loss=0.21``: small, picklable data.
+
+    Example:
+        >>> from just_distribute import update
+        >>> update("outside a run: nothing happens", step=1)
+    """
+    channel = _current.get()
+    if channel is None:
+        return
+    channel.emit(len(channel.calls), message, values)
+
+
+def install(channel: Channel | None, calls: list[Any]) -> contextvars.Token[Any] | None:
+    """Make ``channel`` the target of :func:`update` for a chunk whose results are ``calls``."""
+    if channel is None:
+        return None
+    channel.calls = calls
+    return _current.set(channel)
+
+
+def uninstall(token: contextvars.Token[Any] | None) -> None:
+    """Undo :func:`install`."""
+    if token is not None:
+        _current.reset(token)
+
+
+class _Buffer:
+    """A bounded buffer of records that coalesces older values of the same call and names."""
+
+    __slots__ = ("capacity", "dropped", "records")
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = capacity
+        self.records: list[Any] = []
+        self.dropped = 0
+
+    def add(self, record: Any, call: int, names: tuple[Any, ...]) -> None:
+        records = self.records
+        if len(records) >= self.capacity:
+            self._coalesce(call, names)
+            records = self.records
+        records.append((call, names, record))
+
+    def _coalesce(self, call: int | None = None, names: tuple[Any, ...] = ()) -> None:
+        # Keep the newest record per (call, names): the latest value of every name survives.
+        seen = {(call, names)}  # the record being added (if any) replaces its older ones
+        kept: list[Any] = []
+        for entry in reversed(self.records):
+            key = (entry[0], entry[1])
+            if key in seen:
+                continue
+            seen.add(key)
+            kept.append(entry)
+        kept.reverse()
+        if len(kept) > self.capacity // 2:
+            # Names that differ every time cannot coalesce: drop the oldest half instead.
+            kept = kept[len(kept) - self.capacity // 2 :]
+        self.dropped += len(self.records) - len(kept)
+        self.records = kept
+
+    def take(self, most: int | None = None) -> tuple[list[Any], int]:
+        """The oldest ``most`` records (default: all) and the count dropped so far."""
+        if most is not None and len(self.records) > most:
+            head, self.records = self.records[:most], self.records[most:]
+        else:
+            head, self.records = self.records, []
+        dropped, self.dropped = self.dropped, 0
+        return [e[2] for e in head], dropped
+
+
+class Outbox:
+    """The worker side of updates: buffers them and sends batches from a thread.
+
+    ``send(records, dropped)`` may block (a full socket): only the sending thread waits,
+    never the call. The thread starts on the first update, so chunks without updates cost
+    no thread. At a chunk's end, :meth:`drain` (the outbox serves the next chunk too) or
+    :meth:`close` returns what is left, for the caller to send before the chunk's outcome,
+    so that the last values arrive first.
+    """
+
+    def __init__(self, send: Callable[[list[Raw], int], None], interval: float = INTERVAL) -> None:
+        self._send = send
+        self._interval = interval
+        self._buffer = _Buffer()
+        self._lock = threading.Lock()  # the buffer
+        self._sending = threading.Lock()  # held while a batch is taken and sent
+        self._wake = threading.Event()
+        self._closed = False
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self.channel = Channel(self.emit)
+
+    def emit(self, at: int, message: str | None, values: dict[str, Any]) -> None:
+        """Buffer one record of the call at offset ``at``."""
+        names = (message is not None, *values)
+        with self._lock:
+            self._seq += 1
+            self._buffer.add((at, self._seq, time.time(), message, values), at, names)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="just_distribute-updates", daemon=True
+                )
+                self._thread.start()
+        # Setting an Event costs a lock and a notify: skip it while the sender is due
+        # anyway (it clears the event before it takes the buffer, so nothing is missed).
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._sending:
+                with self._lock:
+                    if self._closed:
+                        return
+                    records, dropped = self._buffer.take()
+                if records or dropped:
+                    try:
+                        self._send(records, dropped)
+                    except Exception as exc:  # the caller is gone: the outcome fails too
+                        log.debug("updates: could not send %d records: %s", len(records), exc)
+            time.sleep(self._interval)  # let the next records gather into one batch
+
+    def drain(self) -> tuple[list[Raw], int]:
+        """The records not yet sent and the count dropped, once a batch being sent is gone.
+
+        Call it when the chunk's calls are done (nothing publishes meanwhile).
+        """
+        with self._sending, self._lock:
+            return self._buffer.take()
+
+    def close(self) -> tuple[list[Raw], int]:
+        """Stop the sending thread; return the records not yet sent and the count dropped."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._wake.set()
+            thread.join()
+        with self._lock:
+            return self._buffer.take()
+
+
+class UpdateSink:
+    """The caller side of a run's updates: buffers them and dispatches them in one thread.
+
+    Executors deliver into a task's :meth:`receiver` from any thread; :meth:`dispatch`,
+    called by the engine in the caller's thread, hands them to the callback, the progress
+    display, the report and the logger, in order per call. In the thread that owns the sink
+    (a serial run, where calls run inside the engine's own thread), records are dispatched
+    at once; with ``owner=None`` (a single submitted call) always at once.
+
+    Args:
+        name: the function's name, for the log.
+        on_update: called with each :class:`Update`.
+        postfix: called with the latest value of every name (the progress bar's postfix).
+        record: called with each batch of :class:`Update` records and the count dropped
+            (the run report).
+        wake: called when records arrive in an empty buffer (the engine then dispatches).
+        keep: keep every call's updates until :meth:`pop` (for the checkpoint).
+        owner: the thread ident that dispatches; ``None``: whoever delivers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        on_update: Callable[[Update], None] | None = None,
+        postfix: Callable[[dict[str, Any]], None] | None = None,
+        record: Callable[[list[Update], int], None] | None = None,
+        wake: Callable[[], None] | None = None,
+        keep: bool = False,
+        owner: int | None = None,
+    ) -> None:
+        self.name = name
+        self.on_update = on_update
+        self.postfix = postfix
+        self.record = record
+        self.wake = wake
+        self.owner = owner
+        self.kept: dict[int, list[Update]] | None = {} if keep else None
+        self.dropped = 0
+        self._buffer = _Buffer(CALLER_CAPACITY)
+        self._lock = threading.Lock()
+        self._dispatch_lock = threading.Lock()
+        self._latest: dict[str, Any] = {}
+
+    # -- delivery (any thread) -----------------------------------------------------------
+    def receiver(self, base: int) -> TaskUpdates:
+        """The handle of one task whose first call has index ``base`` in the run."""
+        return TaskUpdates(self, base)
+
+    def _put(self, updates: list[Update], dropped: int) -> None:
+        with self._lock:
+            buffer = self._buffer
+            empty = not buffer.records
+            if len(buffer.records) + len(updates) <= buffer.capacity:
+                buffer.records += [(u.index, (u.message is not None, *u.values), u)
+                                   for u in updates]
+            else:
+                for u in updates:
+                    buffer.add(u, u.index, (u.message is not None, *u.values))
+            buffer.dropped += dropped
+        if self.owner is None or self.owner == threading.get_ident():
+            self.dispatch()
+        elif empty and self.wake is not None:
+            self.wake()
+
+    # -- dispatch (the owner's thread) ---------------------------------------------------
+    def dispatch(self) -> None:
+        """Hand the buffered records to the callback, postfix, report and logger."""
+        with self._dispatch_lock:
+            while True:
+                with self._lock:
+                    buffer = self._buffer
+                    if not buffer.records and not buffer.dropped:
+                        return
+                    if len(buffer.records) > BACKLOG:
+                        # A backlog: the caller is slower than the updates. Thin it now,
+                        # not record by record through a slow callback.
+                        buffer._coalesce()
+                    updates, dropped = buffer.take(DISPATCH_BATCH)
+                self.deliver(updates, dropped)
+
+    def deliver(self, updates: list[Update], dropped: int = 0) -> None:
+        """Dispatch ``updates`` now (also used to replay those restored from a checkpoint)."""
+        self.dropped += dropped
+        if self.record is not None:
+            self.record(updates, dropped)
+        if log.isEnabledFor(logging.DEBUG):
+            for u in updates:
+                log.debug("update from call %d of %s on %s: %s%s", u.index, self.name,
+                          u.worker, f"{u.message} " if u.message else "", u.values or "")
+        if self.kept is not None:
+            for u in updates:
+                self.kept.setdefault(u.index, []).append(u)
+        if self.postfix is not None:
+            latest = self._latest
+            for u in updates:
+                latest.update(u.values)
+            if latest:
+                self.postfix(dict(latest))
+        if self.on_update is not None:
+            for u in updates:
+                self.on_update(u)
+
+    def pop(self, start: int, stop: int) -> list[Update]:
+        """The kept updates of calls ``start`` to ``stop - 1``, forgotten here."""
+        if self.kept is None or not self.kept:
+            return []
+        out: list[Update] = []
+        for i in range(start, stop):
+            out += self.kept.pop(i, ())
+        return out
+
+    def replay(self, stored: list[Update]) -> None:
+        """Dispatch updates restored from a checkpoint (not kept again)."""
+        kept, self.kept = self.kept, None
+        try:
+            self.deliver(list(stored))
+        finally:
+            self.kept = kept
+
+
+class TaskUpdates:
+    """One task's way into an :class:`UpdateSink`: local records, or batches from a worker."""
+
+    __slots__ = ("base", "last", "sink")
+
+    def __init__(self, sink: UpdateSink, base: int) -> None:
+        self.sink = sink
+        self.base = base
+        self.last = 0  # the highest seq received from the worker
+
+    def channel(self, worker: str) -> Channel:
+        """A channel for calls running in this process (threads, event loops, serial)."""
+        seq = iter(range(1, 1 << 62))
+        base, put = self.base, self.sink._put
+
+        def emit(at: int, message: str | None, values: dict[str, Any]) -> None:
+            put([Update(base + at, worker, next(seq), time.time(), message, values)], 0)
+
+        return Channel(emit)
+
+    def receive(self, worker: str, records: list[Raw], dropped: int) -> None:
+        """A batch sent by a worker's :class:`Outbox`.
+
+        Batches can arrive out of order on the cluster (live ones as dask events, the last
+        one with the outcome): records older than one already received are superseded, and
+        count as dropped.
+        """
+        base = self.base
+        with self.sink._lock:
+            fresh = [r for r in records if r[1] > self.last]
+            dropped += len(records) - len(fresh)
+            if fresh:
+                self.last = max(self.last, fresh[-1][1])
+        self.sink._put(
+            [Update(base + at, worker, seq, t, m, v) for at, seq, t, m, v in fresh], dropped
+        )
+
+
+def iter_values(updates: list[Update], name: str) -> Iterator[Any]:
+    """The values of ``name`` in ``updates``, in order (a training curve, say)."""
+    for u in updates:
+        if name in u.values:
+            yield u.values[name]
+
+
+#: The first byte of a frame of updates on a compute worker's socket (outcomes are pickles,
+#: whose first byte is 0x80).
+FRAME_TAG = b"U"
+
+
+def encode(records: list[Raw], dropped: int) -> bytes:
+    """A batch as bytes; a value that cannot be pickled travels as its ``repr``."""
+    try:
+        return pickle.dumps((records, dropped), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        safe = [(at, seq, t, m, {k: _picklable(v) for k, v in vals.items()})
+                for at, seq, t, m, vals in records]
+        return pickle.dumps((safe, dropped), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes | bytearray | memoryview) -> tuple[list[Raw], int]:
+    """The batch :func:`encode` wrote."""
+    records, dropped = pickle.loads(data)
+    return records, dropped
+
+
+def _picklable(value: Any) -> Any:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return repr(value)
+    return value

@@ -3,8 +3,8 @@
 Each test is named after the page and line that states a default, a bound, an exit code or
 an error type, and starts by checking that the page still says it (:func:`says`): when the
 words change or go, the test fails and names the page, so that words and test are updated
-together. Words that merely move (a paragraph added above them) do not fail it. The examples on the pages run in ``test_docs.py``; these tests check what the
-sentences promise.
+together. Words that merely move (a paragraph added above them) do not fail it. The
+examples on the pages run in ``test_docs.py``; these tests check what the sentences promise.
 """
 
 from __future__ import annotations

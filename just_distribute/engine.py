@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from just_distribute.config import Options
 from just_distribute.errors import (
     CallTimeoutError,
+    ClusterUnreachableError,
     ReceiveError,
     RemoteTraceback,
     SendError,
@@ -313,6 +314,8 @@ class _Run:
             result: ChunkResult = fut.result()
         except CancelledError:
             return
+        except ClusterUnreachableError:
+            raise  # the scheduler is gone, not a call: no retry, no "call N" on it
         except (WorkerLostError, ReceiveError) as exc:
             if not ch.isolate and ch.size - ch.offset > 1:
                 # Which call killed the worker (or returned what cannot be rebuilt here)?

@@ -13,6 +13,7 @@ cause, each message saying what to do about it::
           +-- ReceiveError          a result could not be sent back or rebuilt here
           +-- CallTimeoutError (TimeoutError)          a call ran past ``timeout=``
           +-- ClusterUnreachableError (ConnectionError) the dask scheduler did not answer
+          +-- VersionMismatchError  client and cluster workers differ in Python or pickle libs
           +-- MissingExtraError (ImportError)          an optional dependency is missing
           +-- InitializerError      ``initializer=`` raised in a worker before its first call
           +-- PoolTerminatedError   the Pool was terminated before the call finished
@@ -32,6 +33,7 @@ __all__ = [
     "ReceiveError",
     "RemoteTraceback",
     "SendError",
+    "VersionMismatchError",
     "WorkerLostError",
 ]
 
@@ -105,6 +107,11 @@ class CallTimeoutError(JustDistributeError, TimeoutError):
 
 class ClusterUnreachableError(JustDistributeError, ConnectionError):
     """The dask scheduler at the given address did not answer in time."""
+
+
+class VersionMismatchError(JustDistributeError):
+    """The workers of a cluster run other versions of Python, just_distribute, dill or
+    cloudpickle than the caller: what one side pickles, the other might not load."""
 
 
 class MissingExtraError(JustDistributeError, ImportError):

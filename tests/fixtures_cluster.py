@@ -6,6 +6,7 @@ free ports, once per session: each start costs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import subprocess
@@ -78,3 +79,79 @@ def read_announcement(proc: subprocess.Popen[str], timeout: float = 120.0) -> di
 def service_command(*args: str) -> list[str]:
     """The ``just-distribute cluster`` command line, run with this interpreter."""
     return [sys.executable, "-m", "just_distribute", "cluster", *args]
+
+
+#: The package root: the only thing a separately started cluster gets on its import path.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+def bare_env(*extra: str) -> dict[str, str]:
+    """An environment whose import path holds just_distribute (and ``extra``), not tests/."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUST_DISTRIBUTE_")}
+    env["PYTHONPATH"] = os.pathsep.join([*extra, PACKAGE_ROOT])
+    return env
+
+
+class BareCluster:
+    """``dask scheduler`` and ``dask worker`` started as a user would, from another folder.
+
+    Their working directory is a fresh temporary folder and their import path holds only
+    just_distribute: the caller's modules (these tests) are not importable there.
+    """
+
+    def __init__(self, where: str, workers: int = 2, worker_path: tuple[str, ...] = ()) -> None:
+        self.where = where
+        scheduler_file = os.path.join(where, "scheduler.json")
+        self.log = open(os.path.join(where, "dask.log"), "w")  # noqa: SIM115
+        self.procs = [subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", scheduler_file],
+            cwd=where, env=bare_env(), stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )]
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        import json
+
+        time.sleep(0.2)  # the file is written in one go, but be sure it is complete
+        with open(scheduler_file) as f:
+            self.address: str = json.load(f)["address"]
+        self.procs.append(subprocess.Popen(
+            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1",
+             "--host", "127.0.0.1", "--no-dashboard"],
+            cwd=where, env=bare_env(*worker_path), stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ))
+        import distributed
+
+        with distributed.Client(self.address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def stop(self) -> None:
+        """Stop the scheduler and the workers."""
+        import signal
+
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareCluster]:
+    """A separately started dask cluster (two workers) that cannot import these tests."""
+    cluster = BareCluster(str(tmp_path_factory.mktemp("bare-cluster")))
+    try:
+        yield cluster
+    finally:
+        shutdown_all()
+        cluster.stop()

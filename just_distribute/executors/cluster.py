@@ -13,9 +13,20 @@ bytes (the standard pickle, dill for lambdas, closures and ``__main__`` function
 through dask's own pickling. From ``SCATTER_BYTES`` (16 KiB) on, they are scattered to the
 cluster once per run and every chunk refers to them, so a large function or constant
 crosses the network once per worker, not once per chunk. Each task gets a unique key
-(never dask's hash of the arguments): two identical calls both run. Functions of
-importable modules travel by reference, as with dask: remote workers need those modules
-installed (the embedded cluster gets the caller's import path).
+(never dask's hash of the arguments): two identical calls both run. Code of installed
+packages travels by reference; code of modules the workers cannot be expected to import
+(a test file, a ``tasks.py`` beside the script) by value, with cloudpickle (see
+:mod:`.cluster_code`); a worker's ``ModuleNotFoundError`` is answered by one resend by
+value. The outcome then comes back with cloudpickle too, so that an instance of such a
+class is an instance of the caller's class again.
+
+Waits: the connection is bounded by ``connect_timeout`` (see :mod:`.cluster_connect`);
+while chunks are out, the scheduler is asked every second or so who it is, and one that
+does not answer within ``connect_timeout`` (stopped, frozen) or refuses (gone) ends the
+run with a :class:`~just_distribute.errors.ClusterUnreachableError` naming it.
+
+Execution is at least once: a chunk whose worker died is run again elsewhere, so some of
+its calls may have run twice; every result is delivered exactly once.
 
 A worker that dies mid-chunk: dask reruns the chunk on another worker (its nanny starts a
 fresh one); after ``distributed.scheduler.allowed-failures`` deaths the chunk fails with a
@@ -26,9 +37,6 @@ Nesting: a call made from inside a cluster task (a distributed function calling 
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
-Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
-``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
-
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
 clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
 task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
@@ -36,40 +44,36 @@ task cannot be stopped, so a timed-out call is abandoned (its result ignored), n
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
 import queue
 import re
 import sys
 import threading
 import time
-import traceback
 import uuid
 import weakref
-from collections import OrderedDict
 from concurrent.futures import InvalidStateError
 from typing import Any
 
-from just_distribute import updates as _updates
-from just_distribute.config import Options, usable_cpus
+from just_distribute.config import Options
 from just_distribute.errors import (
     ClusterUnreachableError,
     JustDistributeError,
-    MissingExtraError,
     ReceiveError,
     SendError,
     WorkerLostError,
 )
+from just_distribute.executors import cluster_code as _code
+from just_distribute.executors import cluster_connect as _connect
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
-from just_distribute.executors.chunk import ChunkResult, current_job, run_chunk
+from just_distribute.executors.chunk import ChunkResult, current_job
+from just_distribute.executors.cluster_connect import stop_embedded
+from just_distribute.executors.cluster_worker import START_TOPIC, run_on_worker
 from just_distribute.executors.sendable import dumps_columns
-from just_distribute.service import tls as _tls
-from just_distribute.service.launch import on_stop, start_service
-from just_distribute.updates import TaskUpdates
+from just_distribute.service.launch import on_stop
 
-__all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create"]
+__all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create", "stop_embedded"]
 
 log = logging.getLogger("just_distribute")
 
@@ -77,88 +81,20 @@ log = logging.getLogger("just_distribute")
 #: (each worker then fetches them once); smaller ones travel inside each chunk's task, where
 #: a few KiB cost less than the scatter's round trip.
 SCATTER_BYTES = 16 * 1024
-_WORKER_CACHE_SIZE = 8
-#: The dask event topic on which a worker announces that it starts a chunk.
-START_TOPIC = "just-distribute-chunk-started"
-#: The dask event topic on which a worker sends the updates of a running chunk.
-UPDATE_TOPIC = "just-distribute-chunk-updates"
-_worker_cache: OrderedDict[str, Any] = OrderedDict()
-_worker_lock = threading.Lock()
 
 
-def _import_distributed() -> Any:
-    try:
-        import distributed
-    except ImportError:
-        raise MissingExtraError("job='cluster'", "cluster", "distributed") from None
-    return distributed
-
-
-# -- the worker side ----------------------------------------------------------------------
-def _load_function(key: str, payload: bytes) -> Any:
-    with _worker_lock:
-        fn = _worker_cache.get(key)
-        if fn is not None:
-            _worker_cache.move_to_end(key)
-            return fn
-    fn = _wire.loads(payload)
-    with _worker_lock:
-        _worker_cache[key] = fn
-        while len(_worker_cache) > _WORKER_CACHE_SIZE:
-            _worker_cache.popitem(last=False)
-    return fn
-
-
-def run_on_worker(payload: bytes, key: str, data: bytes, stop_on_error: bool) -> Any:
-    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
-
-    Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
-    ``(outcome, worker name, updates)``: the last updates travel with the outcome.
-    """
-    from distributed import get_worker
-
-    from just_distribute.executors.process_main import _portable_result
-
-    try:
-        fn = _load_function(key, payload)
-        columns = _wire.loads(data)
-    except Exception:
-        tb = traceback.format_exc()
-        return _wire.dumps(("unloadable", None, tb))
-    outbox: _updates.Outbox | None = None
-    try:
-        worker = get_worker()
-    except ValueError:
-        name = "dask"
-    else:
-        name = str(worker.name)
-        # Tell the caller the chunk starts now: its timeout= clock starts here, not when
-        # the chunk was queued.
-        worker.log_event(START_TOPIC, worker.get_current_task())
-        outbox = _updates.Outbox(functools.partial(
-            _send_updates, worker, str(worker.get_current_task())
-        ))
-    if outbox is None:
-        return _portable_result(run_chunk(fn, columns, stop_on_error, name, "cluster", True),
-                                stop_on_error)
-    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True, outbox.channel)
-    tail, dropped = outbox.close()
-    outcome = _portable_result(result, stop_on_error)
-    if tail or dropped:
-        # The last updates travel with the outcome: the sending thread has not sent them.
-        return (outcome, name, _updates.encode(tail, dropped))
-    return outcome
-
-
-def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:
-    worker.log_event(UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped)))
+_import_distributed = _connect.import_distributed
+#: Seconds between two checks that the scheduler still answers, while chunks are out.
+_WATCH_EVERY = 1.0
 
 
 # -- the caller side ----------------------------------------------------------------------
 class _DaskChunkFuture(ChunkFuture):
-    def __init__(self) -> None:
+    def __init__(self, task: Task) -> None:
         super().__init__()
         self.dask_future: Any = None
+        self.task = task
+        self.resent = False
 
 
 def _set(fut: ChunkFuture, result: ChunkResult | None, exc: BaseException | None) -> None:
@@ -215,9 +151,13 @@ class ClusterExecutor(Executor):
         self._user_client = weakref.ref(client) if client is not None else None
         self._client: Any = None
         self._scattered: dict[str, Any] = {}
-        self._pending: dict[int, Any] = {}  # dask futures not yet settled, by id
+        self._pending: dict[int, tuple[Any, ChunkFuture]] = {}  # not yet settled, by id
+        self._payloads: weakref.WeakKeyDictionary[Payload, tuple[int, str, bytes, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._watcher: threading.Thread | None = None
+        self._wake = threading.Event()
         self._started_by_key: dict[str, ChunkFuture] = {}  # chunks not yet started
-        self._updates_by_key: dict[str, TaskUpdates] = {}  # chunks whose updates are wanted
         self._subscribed = False
         self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str, bool, Any] | None] = (
             queue.SimpleQueue()
@@ -294,75 +234,43 @@ class ClusterExecutor(Executor):
                 fut.started_at = time.monotonic()
 
         client.subscribe_topic(START_TOPIC, on_start)
-        receivers = self._updates_by_key
-
-        def on_updates(event: Any) -> None:
-            key, worker, data = event[1]
-            receiver = receivers.get(key)
-            if receiver is None:
-                return
-            try:
-                records, dropped = _updates.decode(data)
-            except Exception as exc:  # a value whose class the caller cannot import
-                log.debug("updates of %s could not be read: %s", key, exc)
-                return
-            receiver.receive(worker, records, dropped)
-
-        client.subscribe_topic(UPDATE_TOPIC, on_updates)
 
     def _connect(self) -> Any:
-        distributed = _import_distributed()
-        if self._address is None:
-            service = _embedded_service(self._requested or usable_cpus())
-            address, security = service.address, None
-        else:
-            address = self._address
-            security = _tls.security(self._tls)
-            if security is not None and "://" not in address:
-                address = "tls://" + address
-            if security is None and address.startswith("tls://"):
-                raise ClusterUnreachableError(
-                    f"the dask scheduler at {address} serves TLS and this client has no "
-                    f"certificate: pass tls= (the directory from `just-distribute cluster "
-                    f"--tls`, or its ca/cert/key files) or set JUST_DISTRIBUTE_TLS"
-                )
-        try:
-            client = distributed.Client(
-                address, timeout=self._connect_timeout, security=security,
-                set_as_default=False,
-            )
-        except (OSError, TimeoutError) as exc:
-            tls_trouble = address.startswith("tls://") or "certificate" in str(exc).lower()
-            hint = (
-                " The scheduler serves TLS and refused this client: pass tls= with the "
-                "certificates of this service (the directory from `just-distribute cluster "
-                "--tls`) or set JUST_DISTRIBUTE_TLS."
-                if tls_trouble
-                else " Is it running? Start one with `just-distribute cluster`, or fix address= "
-                "(or JUST_DISTRIBUTE_ADDRESS); a TLS service needs its tls:// address and tls=."
-            )
-            raise ClusterUnreachableError(
-                f"cannot reach the dask scheduler at {address} (connect_timeout="
-                f"{self._connect_timeout}s): {type(exc).__name__}: {exc}.{hint}"
-            ) from exc
-        log.info("job 'cluster': connected to the dask scheduler at %s", address)
-        self._scheduler = address
+        client = _connect.connect(self._address, self._tls, self._connect_timeout,
+                                  self._requested)
+        self._scheduler = client.scheduler.address
         return client
 
     # -- running chunks ------------------------------------------------------------------
-    def _payload_arg(self, client: Any, payload: Payload) -> Any:
-        data = payload.serialized()
+    def _function_bytes(self, payload: Payload) -> tuple[str, bytes, bool]:
+        """The payload's key and bytes for the cluster, and whether code goes by value."""
+        usual = payload.serialized()  # raises SendError with the reason when it cannot
+        made = self._payloads.get(payload)
+        if made is not None and made[0] == _code.generation:
+            return made[1], made[2], made[3]
+        generation = _code.generation
+        data = _code.dumps(payload.fn, usual)
+        if data is None:
+            made = (generation, payload.key, usual, False)
+        else:
+            import hashlib
+
+            made = (generation, hashlib.blake2b(data, digest_size=16).hexdigest(), data, True)
+        self._payloads[payload] = made
+        return made[1], made[2], made[3]
+
+    def _payload_arg(self, client: Any, key: str, data: bytes, payload: Payload) -> Any:
         if len(data) < SCATTER_BYTES:
             return data
         with self._lock:
-            scattered = self._scattered.get(payload.key)
+            scattered = self._scattered.get(key)
             if scattered is None:
                 # Through the scheduler (direct=False): the caller may not reach the
                 # workers directly; the bytes then live on one worker and travel
                 # worker-to-worker when others need them.
                 scattered = client.scatter([data], direct=False, hash=False)[0]
-                self._scattered[payload.key] = scattered
-                weakref.finalize(payload, self._scattered.pop, payload.key, None)
+                self._scattered[key] = scattered
+                weakref.finalize(payload, self._scattered.pop, key, None)
             return scattered
 
     def submit(self, task: Task) -> ChunkFuture:
@@ -372,30 +280,41 @@ class ClusterExecutor(Executor):
             SendError: the function or the arguments cannot be serialised.
             ClusterUnreachableError: the first connection failed.
         """
-        data = dumps_columns(list(task.columns), task.payload.name, "the cluster")
-        client = self.client()
-        payload = self._payload_arg(client, task.payload)
-        key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"
-        fut = _DaskChunkFuture()
+        fut = _DaskChunkFuture(task)
         fut.mark_started()
+        self._send(fut)
+        return fut
+
+    def _columns_bytes(self, task: Task) -> tuple[bytes, bool]:
+        columns = list(task.columns)
+        try:
+            by_value = _code.dumps(columns)
+        except Exception:  # what cloudpickle cannot send: the usual way says why
+            by_value = None
+        if by_value is not None:
+            return by_value, True
+        return dumps_columns(columns, task.payload.name, "the cluster"), False
+
+    def _send(self, fut: _DaskChunkFuture) -> None:
+        task = fut.task
+        data, columns_by_value = self._columns_bytes(task)
+        client = self.client()
+        key_of_fn, fn_bytes, fn_by_value = self._function_bytes(task.payload)
+        payload = self._payload_arg(client, key_of_fn, fn_bytes, task.payload)
+        key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"
         fut.started_at = None  # set when the worker announces the start (see _subscribe)
         self._started_by_key[key] = fut  # before submitting: the start may be announced soon
-        if task.updates is not None:
-            self._updates_by_key[key] = task.updates
         try:
             dask_future = client.submit(
-                run_on_worker, payload, task.payload.key, data, task.stop_on_error,
-                key=key, pure=False,
+                run_on_worker, payload, key_of_fn, data, task.stop_on_error,
+                fn_by_value or columns_by_value, key=key, pure=False,
             )
         except BaseException:
             self._started_by_key.pop(key, None)
-            self._updates_by_key.pop(key, None)
             raise
         fut.dask_future = dask_future
-        name = task.payload.name
-        self._pending[id(dask_future)] = dask_future
-        self._watch(client, dask_future, fut, name)
-        return fut
+        self._pending[id(dask_future)] = (dask_future, fut)
+        self._watch(client, dask_future, fut, task.payload.name)
 
     def _watch(self, client: Any, dask_future: Any, fut: ChunkFuture, name: str) -> None:
         # Not dask's add_done_callback: its callback thread pool refuses work once the
@@ -408,6 +327,12 @@ class ClusterExecutor(Executor):
                     target=self._settle_loop, name="just_distribute-cluster", daemon=True
                 )
                 self._settler.start()
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_scheduler, args=(client,),
+                    name="just_distribute-cluster-watch", daemon=True,
+                )
+                self._watcher.start()
         outcomes = self._outcomes
 
         async def fetch() -> None:
@@ -420,6 +345,40 @@ class ClusterExecutor(Executor):
 
         client.loop.add_callback(fetch)
 
+    def _watch_scheduler(self, client: Any) -> None:
+        # dask waits for a silent scheduler without bound: ask it, while chunks are out.
+        address = client.scheduler.address
+        security = getattr(client, "security", None)
+        while not self._closed and not self._wake.wait(_WATCH_EVERY):
+            if not self._pending:
+                continue
+            try:
+                _connect.probe(address, security, self._connect_timeout)
+            except ClusterUnreachableError as exc:
+                if not self._closed:
+                    self._lose(client, address, exc)
+                return
+
+    def _lose(self, client: Any, address: str, exc: ClusterUnreachableError) -> None:
+        """The scheduler is gone or silent: fail every chunk out; reconnect on next use."""
+        log.warning("job 'cluster': %s", exc)
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._started_by_key.clear()
+            self._watcher = None
+            ours = self._client is client
+            if ours:
+                self._client = None
+                self._scattered.clear()
+                self._payloads = weakref.WeakKeyDictionary()
+        error = f"the dask scheduler at {address} went away or stopped answering: {exc}"
+        for _dask_future, fut in pending:
+            _set(fut, None, ClusterUnreachableError(error))
+        if ours:
+            # Its loop may be stuck on the silent scheduler: close it on the side.
+            threading.Thread(target=_close_quietly, args=(client, []), daemon=True).start()
+
     def _settle_loop(self) -> None:
         while (item := self._outcomes.get()) is not None:
             fut = item[0]
@@ -431,15 +390,6 @@ class ClusterExecutor(Executor):
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
         self._started_by_key.pop(dask_future.key, None)
-        # The chunk's live update events came before this outcome: a worker's events and its
-        # task's completion share its stream to the scheduler, and the scheduler's events and
-        # "key in memory" share the stream to this client, handled in order on its loop.
-        receiver = self._updates_by_key.pop(dask_future.key, None)
-        if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
-            value, worker, tail = value
-            if receiver is not None:
-                records, dropped = _updates.decode(tail)
-                receiver.receive(worker, records, dropped)
         if ok:
             try:
                 outcome = _wire.loads(value)
@@ -454,6 +404,13 @@ class ClusterExecutor(Executor):
                 _set(fut, result, None)
             elif tag == "unsendable":
                 _set(fut, None, ReceiveError(message))
+            elif (tag == "unloadable" and isinstance(fut, _DaskChunkFuture) and not fut.resent
+                  and _code.learn_missing(result)):
+                # The worker lacks a module this process has: once more, by value.
+                log.info("job 'cluster': the workers lack module %r; sending it by value",
+                         result)
+                fut.resent = True
+                self._send(fut)
             else:
                 _set(fut, None, SendError(
                     f"the dask worker could not rebuild {name}() or its arguments (are their "
@@ -469,10 +426,14 @@ class ClusterExecutor(Executor):
             ))
         elif isinstance(value, Exception) and "Cancelled" not in kind:
             _set(fut, None, value)
+        elif not self._closed:
+            _set(fut, None, ClusterUnreachableError(
+                f"the dask scheduler at {self._scheduler or 'the given address'} went away "
+                f"or restarted while a chunk of {name}() was out ({kind}: {value})"
+            ))
         else:
             _set(fut, None, JustDistributeError(
-                f"the cluster dropped a chunk of {name}() ({kind}): the client was closed "
-                f"or the cluster restarted"
+                f"the cluster dropped a chunk of {name}() ({kind}): the client was closed"
             ))
 
     def abandon(self, future: ChunkFuture) -> None:
@@ -506,26 +467,31 @@ class ClusterExecutor(Executor):
             self._closed = True
             client, self._client = self._client, None
             self._scattered.clear()
-            pending = list(self._pending.values())
+            pending = [dask_future for dask_future, _fut in self._pending.values()]
             self._pending.clear()
+            self._wake.set()
             if self._settler is not None:
                 self._outcomes.put(None)
                 self._settler = None
         if client is not None:
-            # Closing can race dask's own batched sends, which dask reports at INFO level on
-            # standard error ("Batched Comm Closed"): expected here, so kept quiet.
-            dask_log = logging.getLogger("distributed")
-            level = dask_log.level
-            dask_log.setLevel(max(level, logging.WARNING))
-            try:
-                # Abandoned tasks still running would call back into a closed client.
-                if pending:
-                    client.cancel(pending)
-                client.close(timeout=10)
-            except Exception as exc:  # best effort: the cluster may be gone already
-                log.debug("closing the dask client: %s", exc)
-            finally:
-                dask_log.setLevel(level)
+            _close_quietly(client, pending)
+
+
+def _close_quietly(client: Any, pending: list[Any]) -> None:
+    # Closing can race dask's own batched sends, which dask reports at INFO level on
+    # standard error ("Batched Comm Closed"): expected here, so kept quiet.
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    dask_log.setLevel(max(level, logging.WARNING))
+    try:
+        # Abandoned tasks still running would call back into a closed client.
+        if pending:
+            client.cancel(pending)
+        client.close(timeout=10)
+    except Exception as exc:  # best effort: the cluster may be gone already
+        log.debug("closing the dask client: %s", exc)
+    finally:
+        dask_log.setLevel(level)
 
 
 #: Every executor of this process, so that a service about to stop can disconnect them.
@@ -540,35 +506,6 @@ def _disconnect(address: str) -> None:
 
 
 on_stop(_disconnect)
-
-#: The embedded clusters of this process, by worker count: a process tree that takes
-#: seconds to start, shared by every executor (decorator, Pool) that has no ``address``.
-_services: dict[int, Any] = {}
-_services_lock = threading.Lock()
-
-
-def _embedded_service(count: int) -> Any:
-    with _services_lock:
-        service = _services.get(count)
-        if service is None or not service.running:
-            if not _services:
-                atexit.register(stop_embedded)
-            service = _services[count] = start_service(count)
-            log.info(
-                "embedded dask cluster: %d workers at %s, dashboard %s",
-                count, service.address, service.dashboard_url or "off",
-            )
-        return service
-
-
-def stop_embedded() -> None:
-    """Stop the embedded clusters this process started (at exit, or by hand)."""
-    with _services_lock:
-        services = list(_services.values())
-        _services.clear()
-    for service in services:
-        service.stop()
-
 
 def create(options: Options) -> Executor:
     """The registry's factory for ``job="cluster"``.

@@ -1,0 +1,327 @@
+"""Code that travels to a dask cluster: by reference when the workers can import it, by value
+when they cannot; shipping a local package; checking that both sides speak the same pickle.
+
+Which modules go by value is decided here, in the caller, once per module::
+
+    a function, class or module met while pickling
+        |
+        +-- standard library, built in, just_distribute itself  -> by reference
+        +-- part of an installed distribution (site-packages,
+        |   importlib.metadata, editable installs included)        -> by reference
+        +-- anything else (a test file, tasks.py beside a script,
+            a client/ package, __main__)                          -> by value (cloudpickle)
+
+A worker that still cannot import a module (it is installed here, not there) answers with
+its ``ModuleNotFoundError``; :func:`learn_missing` then marks that module by value, and the
+chunk is sent once more. Both decisions are remembered for the life of the process.
+:func:`ship` sends a local package or folder to every worker, present and future, for
+code that must be importable there (a module-level ``import helpers``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import io
+import os
+import pickle
+import site
+import sys
+import sysconfig
+import tempfile
+import threading
+import types
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from just_distribute.errors import JustDistributeError, VersionMismatchError
+
+__all__ = [
+    "by_value_modules", "dumps", "learn_missing", "local_versions", "ship", "ship_to",
+    "travels_by_reference", "check_versions",
+]
+
+_lock = threading.Lock()
+_decided: dict[str, bool] = {}  # top-level module name -> travels by reference
+#: Bumped whenever a module changes side: bytes made before then are stale.
+generation = 0
+_ALWAYS_BY_REFERENCE = {"__main__": False, "just_distribute": True, "builtins": True}
+
+
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    return tuple(str(Path(r).resolve()) + os.sep for r in roots if r)
+
+
+@functools.cache
+def _distribution_names() -> frozenset[str]:
+    try:
+        return frozenset(importlib.metadata.packages_distributions())
+    except Exception:  # a broken distribution's metadata must not stop the sending
+        return frozenset()
+
+
+def _decide(top: str) -> bool:
+    if top in _ALWAYS_BY_REFERENCE:
+        return _ALWAYS_BY_REFERENCE[top]
+    if top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        return True
+    module = sys.modules.get(top)
+    where = getattr(module, "__file__", None)
+    if where is None:  # a namespace package or a built-in: nothing of ours to send
+        paths = list(getattr(module, "__path__", []) or [])
+        if not paths:
+            return True
+        where = paths[0]
+    resolved = str(Path(where).resolve())
+    if resolved.startswith(_installed_roots()):
+        return True
+    # An editable install lives outside site-packages but is still installed.
+    return top in _distribution_names()
+
+
+def travels_by_reference(module_name: str) -> bool:
+    """Whether the workers are expected to import ``module_name`` themselves.
+
+    Decided once per top-level package and remembered (see the module docstring).
+    """
+    top = module_name.partition(".")[0]
+    with _lock:
+        known = _decided.get(top)
+    if known is not None:
+        return known
+    verdict = _decide(top)
+    with _lock:
+        return _decided.setdefault(top, verdict)
+
+
+def by_value_modules() -> set[str]:
+    """The top-level modules decided so far to travel by value."""
+    with _lock:
+        return {name for name, ref in _decided.items() if not ref}
+
+
+def _send_by_value(top: str) -> bool:
+    """Register ``top`` with cloudpickle as by value; False when it cannot be (not loaded)."""
+    global generation
+    import cloudpickle
+
+    module = sys.modules.get(top)
+    if module is None or top == "__main__":
+        return False
+    with _lock:
+        if _decided.get(top) is False and top in cloudpickle.list_registry_pickle_by_value():
+            return False
+        _decided[top] = False
+        cloudpickle.register_pickle_by_value(module)
+        generation += 1
+    return True
+
+
+def learn_missing(module_name: str | None) -> bool:
+    """A worker could not import ``module_name``: send it by value from now on.
+
+    Returns:
+        True when the module now travels by value (so a resend can succeed).
+    """
+    if not module_name:
+        return False
+    import cloudpickle
+
+    top = module_name.partition(".")[0]
+    _send_by_value(top)
+    return top in cloudpickle.list_registry_pickle_by_value()
+
+
+def _module_of(obj: Any) -> str | None:
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    if isinstance(obj, (types.FunctionType, type)):
+        return getattr(obj, "__module__", None)
+    module = getattr(type(obj), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+class _Recorder(pickle.Pickler):
+    """The C pickler, noting the module of every function, class and instance it meets."""
+
+    def __init__(self, buf: io.BytesIO) -> None:
+        super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.modules: set[str] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        module = _module_of(obj)
+        if module:
+            self.modules.add(module)
+        return NotImplemented
+
+
+def _cloud_dumps(obj: Any) -> tuple[bytes, set[str]]:
+    import cloudpickle
+
+    modules: set[str] = set()
+
+    class Recorder(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, value: Any) -> Any:
+            module = _module_of(value)
+            if module:
+                modules.add(module)
+            return super().reducer_override(value)
+
+    buf = io.BytesIO()
+    Recorder(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue(), modules
+
+
+def _local(modules: set[str]) -> set[str]:
+    return {m.partition(".")[0] for m in modules if not travels_by_reference(m)} - {"__main__"}
+
+
+def dumps(obj: Any, usual: bytes | None = None) -> bytes | None:
+    """Serialise ``obj`` for the cluster when some of its code must travel by value.
+
+    Args:
+        obj: a function (with its constants) or the argument columns of a chunk.
+        usual: its usual serialisation, when already made (it is scanned, not remade).
+
+    Returns:
+        cloudpickle bytes with every local module sent by value, or None when nothing in
+        ``obj`` needs that (then the usual bytes serve).
+    """
+    if usual is None:
+        recorder = _Recorder(io.BytesIO())
+        try:
+            recorder.dump(obj)
+            local = _local(recorder.modules)
+        except Exception:  # lambdas and the like: let cloudpickle look at it
+            local = {"?"}
+        if not local:
+            return None
+    # Registering a module can reveal more (a local helper imported by a local module):
+    # repeat until nothing new is found, at most once per module.
+    for _ in range(64):
+        data, modules = _cloud_dumps(obj)
+        new = [m for m in _local(modules) if _send_by_value(m)]
+        if not new:
+            return data if _local(modules) or "__main__" in {
+                m.partition(".")[0] for m in modules} or usual is None else None
+    raise JustDistributeError("too many local modules to send by value")
+
+
+# -- shipping a local package -------------------------------------------------------------
+def _zip_of(path: Path) -> tuple[str, set[str]]:
+    """A zip to put on the workers' import path, and the top-level names it provides."""
+    fd, archive = tempfile.mkstemp(prefix="just-distribute-ship-", suffix=".zip")
+    os.close(fd)
+    names: set[str] = set()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        if path.is_file():
+            zf.write(path, path.name)
+            names.add(path.stem)
+        else:
+            # A package (it has __init__.py) goes in under its own name; a plain folder
+            # of modules goes in as its contents.
+            base = path.parent if (path / "__init__.py").exists() else path
+            for file in sorted(path.rglob("*.py")):
+                if "__pycache__" in file.parts:
+                    continue
+                rel = file.relative_to(base)
+                zf.write(file, rel.as_posix())
+                names.add(rel.parts[0].removesuffix(".py"))
+    return archive, names
+
+
+def ship_to(client: Any, path: str | os.PathLike[str]) -> set[str]:
+    """Put a local package, folder of modules or ``.py`` file on every worker of ``client``.
+
+    Workers that join later get it too (dask keeps it as a worker plugin). Its modules then
+    travel by reference.
+
+    Returns:
+        The top-level module names it provides.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    where = Path(path).resolve()
+    if not where.exists():
+        raise FileNotFoundError(f"ship(): {str(path)!r} does not exist; pass a package "
+                                f"folder, a folder of modules or a .py file")
+    archive, names = _zip_of(where)
+    try:
+        # load=True: only then does each worker put the archive on its import path.
+        client.upload_file(archive, load=True)
+    finally:
+        os.unlink(archive)
+    with _lock:
+        for name in names:
+            _decided[name] = True
+    return names
+
+
+def ship(path: str | os.PathLike[str], *, address: str | None = None, tls: Any = None,
+         workers: int | None = None) -> set[str]:
+    """Send a local package or folder to every worker of a cluster, present and future.
+
+    For code that imports its local helpers at module level (``import helpers``): after
+    this call the workers import them as the caller does.
+
+    Args:
+        path: a package folder (with ``__init__.py``), a folder of modules or a ``.py`` file.
+        address: the scheduler (default: ``JUST_DISTRIBUTE_ADDRESS``, else the embedded
+            cluster), as for ``job="cluster"``.
+        tls: TLS settings for ``address``.
+        workers: the size of the embedded cluster, when that is the one meant.
+
+    Returns:
+        The top-level module names now importable on the workers.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ClusterUnreachableError: no scheduler answered.
+    """
+    from just_distribute.config import resolve_options
+    from just_distribute.executors import get_executor
+
+    settings: dict[str, Any] = {"job": "cluster", "address": address, "tls": tls}
+    if workers is not None:
+        settings["workers"] = workers
+    executor = get_executor(resolve_options({k: v for k, v in settings.items()
+                                             if v is not None or k == "job"}))
+    return ship_to(executor.client(), path)  # type: ignore[attr-defined]
+
+
+# -- versions -----------------------------------------------------------------------------
+def local_versions() -> dict[str, str]:
+    """What must match between a client and its workers for pickles to cross."""
+    versions = {"python": "{}.{}".format(*sys.version_info[:2])}
+    for name in ("just_distribute", "cloudpickle", "dill"):
+        try:
+            versions[name] = str(importlib.import_module(name).__version__)
+        except Exception:
+            versions[name] = "not installed"
+    return versions
+
+
+def check_versions(address: str, here: dict[str, str], there: dict[str, Any]) -> None:
+    """Compare the client's versions with each worker's (``client.run(local_versions)``).
+
+    Raises:
+        VersionMismatchError: a worker differs; the message names both sides.
+    """
+    for worker, theirs in sorted(there.items()):
+        if not isinstance(theirs, dict):
+            continue
+        differ = [k for k in here if theirs.get(k) != here[k]]
+        if differ:
+            both = ", ".join(f"{k} {here[k]} here, {theirs.get(k, '?')} there" for k in differ)
+            raise VersionMismatchError(
+                f"the dask worker {worker} of the scheduler at {address} runs other versions "
+                f"than this client ({both}): work pickled here would not load there. "
+                f"Install the same versions on both sides."
+            )

@@ -1,0 +1,223 @@
+"""Reaching a dask scheduler with a bound on every wait, and the embedded cluster.
+
+dask's own ``Client(address, timeout=...)`` bounds the TCP connect, not what follows: a port
+that accepts connections but is no scheduler (a dashboard, any HTTP server) can keep it
+waiting for minutes, and a malformed address fails deep inside with a raw ``ValueError``
+and a client half made (which then delays the interpreter's exit). So before a ``Client``
+is made the address is checked (:func:`check_address`) and the scheduler is asked who it
+is over a fresh connection, on an event loop of its own, within ``connect_timeout``
+(:func:`probe`). The same probe, repeated while chunks are out, notices a scheduler that
+stops answering (SIGSTOP, a frozen host) or goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import ipaddress
+import logging
+import threading
+from typing import Any
+
+from just_distribute.config import usable_cpus
+from just_distribute.errors import ClusterUnreachableError, MissingExtraError
+from just_distribute.executors import cluster_code as _code
+from just_distribute.service import tls as _tls
+from just_distribute.service.launch import start_service
+
+__all__ = ["check_address", "connect", "embedded_service", "probe", "stop_embedded"]
+
+log = logging.getLogger("just_distribute")
+
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def import_distributed() -> Any:
+    """dask.distributed, or the error that says how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise MissingExtraError("job='cluster'", "cluster", "distributed") from None
+    return distributed
+
+
+def check_address(address: str, secure: bool) -> str:
+    """The address with its scheme (``tls://`` when ``secure`` and none is given).
+
+    Raises:
+        ValueError: the address is not ``[tcp://|tls://]HOST:PORT``; says what is.
+    """
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"address={address!r} is not a scheduler address; give "
+                         f"'tcp://HOST:PORT' (or tls://HOST:PORT for a TLS service)")
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = ("tls" if secure else "tcp"), text
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"address={address!r} has the scheme {scheme!r}, which is no dask scheduler's; "
+            f"give 'tcp://HOST:PORT' (or tls://HOST:PORT). The dashboard's http:// URL is "
+            f"not the scheduler's address."
+        )
+    if scheme in ("tcp", "tls"):
+        host, colon, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                f"address={address!r} needs a host and a port between 1 and 65535, e.g. "
+                f"'{scheme}://10.0.0.5:8786'"
+            )
+        if "/" in rest or " " in host:
+            raise ValueError(f"address={address!r} is not HOST:PORT after {scheme}://")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not all(part and (part.replace("-", "").isalnum()) for part in host.split(".")):
+                raise ValueError(f"address={address!r}: {host!r} is not a host name or an "
+                                 f"IP address") from None
+    return f"{scheme}://{rest}"
+
+
+async def _identity(address: str, security: Any, timeout: float) -> dict[str, Any]:
+    from distributed.comm.core import connect as dask_connect
+
+    args = security.get_connection_args("client") if security is not None else {}
+    comm = await dask_connect(address, timeout=timeout, **args)  # type: ignore[no-untyped-call]
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        answer = await comm.read()
+    finally:
+        comm.abort()
+    return answer if isinstance(answer, dict) else {}
+
+
+def probe(address: str, security: Any, timeout: float) -> dict[str, Any]:
+    """Ask the scheduler at ``address`` who it is; return its answer within ``timeout``.
+
+    Runs on an event loop of its own in a thread of its own, so that it works from inside
+    another event loop too.
+
+    Raises:
+        ClusterUnreachableError: no answer in time, a refusal, or no scheduler there.
+    """
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(asyncio.wait_for(
+                _identity(address, security, timeout), timeout)))
+        except BaseException as exc:  # handed to the caller below
+            result.append(exc)
+
+    thread = threading.Thread(target=run, name="just_distribute-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if not result:
+        raise ClusterUnreachableError(
+            f"the dask scheduler at {address} did not answer within {timeout}s")
+    answer = result[0]
+    if isinstance(answer, BaseException):
+        if isinstance(answer, (asyncio.TimeoutError, TimeoutError)):
+            raise ClusterUnreachableError(
+                f"the dask scheduler at {address} did not answer within {timeout}s "
+                f"(connect_timeout): is it stopped, or is that port something else (the "
+                f"dashboard? another server)?")
+        raise ClusterUnreachableError(
+            f"cannot reach the dask scheduler at {address} within {timeout}s "
+            f"(connect_timeout): {type(answer).__name__}: {answer}") from answer
+    if answer.get("type") != "Scheduler":
+        raise ClusterUnreachableError(
+            f"{address} answered, but it is no dask scheduler (it says it is "
+            f"{answer.get('type', 'something else')!r}): give the scheduler's address")
+    return dict(answer)
+
+
+def connect(address: str | None, tls: Any, timeout: float, workers: int | None) -> Any:
+    """A dask ``Client`` of the scheduler at ``address`` (None: the embedded cluster).
+
+    The versions of the client and of the workers present are compared first.
+
+    Raises:
+        ValueError: a malformed address.
+        ClusterUnreachableError: no scheduler answered in time, or TLS trouble.
+        VersionMismatchError: a worker runs other versions of Python or the pickle libraries.
+    """
+    distributed = import_distributed()
+    if address is None:
+        service = embedded_service(workers or usable_cpus())
+        address, security = service.address, None
+    else:
+        security = _tls.security(tls)
+        address = check_address(address, security is not None)
+        if security is None and address.startswith("tls://"):
+            raise ClusterUnreachableError(
+                f"the dask scheduler at {address} serves TLS and this client has no "
+                f"certificate: pass tls= (a client folder from `just-distribute tls "
+                f"client`, or ca/cert/key files) or set JUST_DISTRIBUTE_TLS"
+            )
+        try:
+            probe(address, security, timeout)
+        except ClusterUnreachableError as exc:
+            tls_trouble = address.startswith("tls://") or "certificate" in str(exc).lower()
+            hint = (
+                " The scheduler serves TLS and may have refused this client: pass tls= with "
+                "a certificate signed by its CA, or set JUST_DISTRIBUTE_TLS."
+                if tls_trouble
+                else " Is it running? Start one with `just-distribute cluster`, or fix "
+                "address= (or JUST_DISTRIBUTE_ADDRESS); a TLS service needs its tls:// "
+                "address and tls=."
+            )
+            raise ClusterUnreachableError(f"{exc}.{hint}") from exc.__cause__
+    try:
+        client = distributed.Client(address, timeout=timeout, security=security,
+                                    set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterUnreachableError(
+            f"cannot reach the dask scheduler at {address} (connect_timeout={timeout}s): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        there = client.sync(client._run, _code.local_versions, on_error="return",
+                            callback_timeout=timeout)
+    except (TimeoutError, OSError) as exc:  # a stopped worker must not hold the client
+        log.warning("job 'cluster': could not ask the workers of %s their versions: %s",
+                    address, exc)
+    else:
+        try:
+            _code.check_versions(address, _code.local_versions(), there)
+        except BaseException:
+            client.close(timeout=5)
+            raise
+    log.info("job 'cluster': connected to the dask scheduler at %s", address)
+    return client
+
+
+#: The embedded clusters of this process, by worker count: a process tree that takes
+#: seconds to start, shared by every executor (decorator, Pool) that has no ``address``.
+_services: dict[int, Any] = {}
+_services_lock = threading.Lock()
+
+
+def embedded_service(count: int) -> Any:
+    """The embedded cluster of ``count`` workers, started on first use."""
+    with _services_lock:
+        service = _services.get(count)
+        if service is None or not service.running:
+            if not _services:
+                atexit.register(stop_embedded)
+            service = _services[count] = start_service(count)
+            log.info(
+                "embedded dask cluster: %d workers at %s, dashboard %s",
+                count, service.address, service.dashboard_url or "off",
+            )
+        return service
+
+
+def stop_embedded() -> None:
+    """Stop the embedded clusters this process started (at exit, or by hand)."""
+    with _services_lock:
+        services = list(_services.values())
+        _services.clear()
+    for service in services:
+        service.stop()

@@ -1,0 +1,76 @@
+"""The dask task of ``job="cluster"``: what runs on a worker (see :mod:`.cluster`).
+
+Kept apart from the caller's side so that a worker imports only what it runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+from just_distribute.executors import wire as _wire
+from just_distribute.executors.chunk import run_chunk
+
+__all__ = ["START_TOPIC", "run_on_worker"]
+
+#: The dask event topic on which a worker announces that it starts a chunk.
+START_TOPIC = "just-distribute-chunk-started"
+_WORKER_CACHE_SIZE = 8
+_worker_cache: OrderedDict[str, Any] = OrderedDict()
+_worker_lock = threading.Lock()
+
+
+def _load_function(key: str, payload: bytes) -> Any:
+    with _worker_lock:
+        fn = _worker_cache.get(key)
+        if fn is not None:
+            _worker_cache.move_to_end(key)
+            return fn
+    fn = _wire.loads(payload)
+    with _worker_lock:
+        _worker_cache[key] = fn
+        while len(_worker_cache) > _WORKER_CACHE_SIZE:
+            _worker_cache.popitem(last=False)
+    return fn
+
+
+def run_on_worker(
+    payload: bytes, key: str, data: bytes, stop_on_error: bool, by_value: bool = False
+) -> bytes:
+    """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
+
+    ``by_value``: some of the code came by value; the outcome goes back with cloudpickle,
+    so that the caller gets instances of its own classes back.
+    """
+    from distributed import get_worker
+
+    from just_distribute.executors.process_main import _portable_result
+
+    try:
+        fn = _load_function(key, payload)
+        columns = _wire.loads(data)
+    except ModuleNotFoundError as exc:  # the caller answers with a resend by value
+        return _wire.dumps(("unloadable", exc.name, traceback.format_exc()))
+    except Exception:
+        tb = traceback.format_exc()
+        return _wire.dumps(("unloadable", None, tb))
+    try:
+        worker = get_worker()
+    except ValueError:
+        name = "dask"
+    else:
+        name = str(worker.name)
+        # Tell the caller the chunk starts now: its timeout= clock starts here, not when
+        # the chunk was queued.
+        worker.log_event(START_TOPIC, worker.get_current_task())
+    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True)
+    if by_value:
+        import cloudpickle
+
+        try:
+            return bytes(cloudpickle.dumps(("ok", result)))
+        except Exception:  # a result that cannot travel: described one by one below
+            pass
+    return _portable_result(result, stop_on_error)

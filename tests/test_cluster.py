@@ -4,6 +4,7 @@ embedded cluster: semantics, sending, failures."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import distributed
 import psutil
 import pytest
-from fixtures_cluster import EMBEDDED_WORKERS, SERVICE_WORKERS
+from fixtures_cluster import EMBEDDED_WORKERS, SERVICE_WORKERS, BareCluster
 
 from just_distribute import (
     CallTimeoutError,
@@ -26,6 +27,7 @@ from just_distribute import (
     WorkerLostError,
     distribute,
 )
+from just_distribute.executors import shutdown_all
 from just_distribute.executors.cluster import SCATTER_BYTES
 
 
@@ -334,3 +336,101 @@ def test_worker_killed_mid_run_completes_or_fails_clearly(
     with distributed.Client(cluster_address, set_as_default=False, timeout=30) as client:
         client.wait_for_workers(SERVICE_WORKERS, timeout=60)
         assert len(client.scheduler_info()["workers"]) == SERVICE_WORKERS
+
+
+# -- no unbounded wait ----------------------------------------------------------------------
+class _Silent(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_port_that_is_no_scheduler_fails_within_connect_timeout() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.server_address[1]}"
+    try:
+        f = distribute(job="cluster", address=address, connect_timeout=2)(square)
+        started = time.monotonic()
+        with pytest.raises(ClusterUnreachableError, match=address):
+            f(range(3))
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_BAD_ADDRESS = """
+import sys, time
+from just_distribute import distribute
+started = time.monotonic()
+try:
+    distribute(job="cluster", address=sys.argv[1])(abs)([1, -2])
+except ValueError as exc:
+    print("ValueError:", exc)
+print(f"took {time.monotonic() - started:.1f}")
+"""
+
+
+@pytest.mark.parametrize("address", ["nonsense", "http://127.0.0.1:8787/status",
+                                     "tcp://127.0.0.1:70000", "tcp://:8786"])
+def test_a_malformed_address_fails_at_once_without_exit_delay(
+    address: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text(_BAD_ADDRESS)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script), address], capture_output=True,
+                          text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "ValueError: address=" in done.stdout and "tcp://HOST:PORT" in done.stdout or (
+        "between 1 and 65535" in done.stdout), done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    assert elapsed < 15, f"{elapsed:.1f}s: the interpreter waited at exit"
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.5)
+    return x * x
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[BareCluster]:
+    cluster = BareCluster(str(tmp_path), workers=1)
+    try:
+        yield cluster
+    finally:
+        for proc in cluster.procs:  # a stopped scheduler must be able to hear SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
+        shutdown_all()
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_scheduler_ends_the_run_within_the_bound(own_cluster: BareCluster) -> None:
+    f = distribute(job="cluster", address=own_cluster.address, connect_timeout=2,
+                   chunksize=1)(slow_square)
+    assert f(range(2)) == [0, 1]
+    scheduler = own_cluster.procs[0]
+    threading.Timer(1.0, os.kill, (scheduler.pid, signal.SIGSTOP)).start()
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachableError) as info:
+        f(range(40))
+    elapsed = time.monotonic() - started
+    assert own_cluster.address in str(info.value) and "answer" in str(info.value)
+    assert not any("call" in note for note in getattr(info.value, "__notes__", []))
+    assert elapsed < 30, f"noticed after {elapsed:.1f}s"
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_scheduler_is_named_not_a_call(own_cluster: BareCluster) -> None:
+    f = distribute(job="cluster", address=own_cluster.address, connect_timeout=2,
+                   chunksize=1)(slow_square)
+    assert f(range(2)) == [0, 1]
+    scheduler = own_cluster.procs[0]
+    threading.Timer(1.0, os.kill, (scheduler.pid, signal.SIGKILL)).start()
+    with pytest.raises(ClusterUnreachableError, match="went away") as info:
+        f(range(40))
+    assert own_cluster.address in str(info.value)
+    assert not any("call 0" in note for note in getattr(info.value, "__notes__", []))

@@ -40,13 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"just-distribute {__version__}",
         help="print the version and exit",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a failure (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # Also after the command; SUPPRESS keeps the subparser from resetting it.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of a failure (default: one line)")
         mod = importlib.import_module(module)
         mod.configure(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(mod.main(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line naming the cause; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"just-distribute {args.command}: {_one_line(exc)} (--debug shows the "
+              f"traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,93 @@ def test_unknown_command_fails_with_usage() -> None:
     done = _run(str(SCRIPT), "nonsense")
     assert done.returncode == 2
     assert "usage" in done.stderr
+
+
+# -- command-line hygiene: one line naming the cause, exit 2; Ctrl-C exits 130 -------------
+def _one_line_failure(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    for needle in needles:
+        assert needle in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["cluster", "--workers", "0"], "at least 1"),
+    (["cluster", "--workers", "-3"], "at least 1"),
+    (["cluster", "--port", "70000"], "no TCP port"),
+    (["cluster", "--dashboard-port", "-1"], "no TCP port"),
+    (["worker", "tcp://127.0.0.1:8786", "--workers", "0"], "at least 1"),
+])
+def test_bad_counts_and_ports_are_refused(argv: list[str], needle: str) -> None:
+    done = _run(sys.executable, "-m", "just_distribute", *argv)
+    _one_line_failure(done, needle)
+
+
+def test_cluster_on_a_port_in_use_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        done = _run(sys.executable, "-m", "just_distribute", "cluster", "--workers", "1",
+                    "--port", str(port), "--dashboard-port", "0")
+    _one_line_failure(done, f"port {port}", "in use")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_cluster_on_a_foreign_host_is_one_line() -> None:
+    done = _run(sys.executable, "-m", "just_distribute", "cluster", "--workers", "1",
+                "--host", "192.0.2.1", "--port", "0", "--dashboard-port", "0")
+    _one_line_failure(done, "192.0.2.1")
+
+
+def test_cluster_with_a_file_that_is_no_certificate_is_one_line(tmp_path: Path) -> None:
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("not a certificate\n")
+    done = _run(sys.executable, "-m", "just_distribute", "cluster", "--workers", "1",
+                "--port", "0", "--dashboard-port", "0", "--tls-ca", str(tmp_path / "ca.pem"),
+                "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    _one_line_failure(done)
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
+    debug = _run(sys.executable, "-m", "just_distribute", "--debug", "cluster", "--workers",
+                 "1", "--port", "0", "--dashboard-port", "0",
+                 "--tls-ca", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "cert.pem"),
+                 "--tls-key", str(tmp_path / "key.pem"))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_worker_against_nothing_is_one_line_within_the_connect_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers
+        port = s.getsockname()[1]
+        started = time.monotonic()
+        done = _run(sys.executable, "-m", "just_distribute", "worker",
+                    f"tcp://127.0.0.1:{port}", "--connect-timeout", "2")
+    _one_line_failure(done, f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("address", ["nonsense", "http://127.0.0.1:8787"])
+def test_worker_with_a_malformed_address_is_one_line(address: str) -> None:
+    done = _run(sys.executable, "-m", "just_distribute", "worker", address)
+    _one_line_failure(done, "address=")
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "just_distribute", "cluster", "--workers", "1", "--port", "0",
+         "--dashboard-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, cwd=tmp_path, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            if "service ready" in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -12,9 +12,7 @@ stops answering (SIGSTOP, a frozen host) or goes away.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import ipaddress
 import logging
 import threading
 from typing import Any
@@ -24,13 +22,11 @@ from just_distribute.errors import ClusterUnreachableError, MissingExtraError
 from just_distribute.executors import cluster_code as _code
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import start_service
+from just_distribute.service.reach import check_address, probe
 
 __all__ = ["check_address", "connect", "embedded_service", "probe", "stop_embedded"]
 
 log = logging.getLogger("just_distribute")
-
-_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
-
 
 def import_distributed() -> Any:
     """dask.distributed, or the error that says how to install it."""
@@ -39,98 +35,6 @@ def import_distributed() -> Any:
     except ImportError:
         raise MissingExtraError("job='cluster'", "cluster", "distributed") from None
     return distributed
-
-
-def check_address(address: str, secure: bool) -> str:
-    """The address with its scheme (``tls://`` when ``secure`` and none is given).
-
-    Raises:
-        ValueError: the address is not ``[tcp://|tls://]HOST:PORT``; says what is.
-    """
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError(f"address={address!r} is not a scheduler address; give "
-                         f"'tcp://HOST:PORT' (or tls://HOST:PORT for a TLS service)")
-    text = address.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = ("tls" if secure else "tcp"), text
-    if scheme not in _SCHEMES:
-        raise ValueError(
-            f"address={address!r} has the scheme {scheme!r}, which is no dask scheduler's; "
-            f"give 'tcp://HOST:PORT' (or tls://HOST:PORT). The dashboard's http:// URL is "
-            f"not the scheduler's address."
-        )
-    if scheme in ("tcp", "tls"):
-        host, colon, port = rest.rpartition(":")
-        host = host.strip("[]")
-        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(
-                f"address={address!r} needs a host and a port between 1 and 65535, e.g. "
-                f"'{scheme}://10.0.0.5:8786'"
-            )
-        if "/" in rest or " " in host:
-            raise ValueError(f"address={address!r} is not HOST:PORT after {scheme}://")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if not all(part and (part.replace("-", "").isalnum()) for part in host.split(".")):
-                raise ValueError(f"address={address!r}: {host!r} is not a host name or an "
-                                 f"IP address") from None
-    return f"{scheme}://{rest}"
-
-
-async def _identity(address: str, security: Any, timeout: float) -> dict[str, Any]:
-    from distributed.comm.core import connect as dask_connect
-
-    args = security.get_connection_args("client") if security is not None else {}
-    comm = await dask_connect(address, timeout=timeout, **args)  # type: ignore[no-untyped-call]
-    try:
-        await comm.write({"op": "identity", "reply": True})
-        answer = await comm.read()
-    finally:
-        comm.abort()
-    return answer if isinstance(answer, dict) else {}
-
-
-def probe(address: str, security: Any, timeout: float) -> dict[str, Any]:
-    """Ask the scheduler at ``address`` who it is; return its answer within ``timeout``.
-
-    Runs on an event loop of its own in a thread of its own, so that it works from inside
-    another event loop too.
-
-    Raises:
-        ClusterUnreachableError: no answer in time, a refusal, or no scheduler there.
-    """
-    result: list[Any] = []
-
-    def run() -> None:
-        try:
-            result.append(asyncio.run(asyncio.wait_for(
-                _identity(address, security, timeout), timeout)))
-        except BaseException as exc:  # handed to the caller below
-            result.append(exc)
-
-    thread = threading.Thread(target=run, name="just_distribute-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 2.0)
-    if not result:
-        raise ClusterUnreachableError(
-            f"the dask scheduler at {address} did not answer within {timeout}s")
-    answer = result[0]
-    if isinstance(answer, BaseException):
-        if isinstance(answer, (asyncio.TimeoutError, TimeoutError)):
-            raise ClusterUnreachableError(
-                f"the dask scheduler at {address} did not answer within {timeout}s "
-                f"(connect_timeout): is it stopped, or is that port something else (the "
-                f"dashboard? another server)?")
-        raise ClusterUnreachableError(
-            f"cannot reach the dask scheduler at {address} within {timeout}s "
-            f"(connect_timeout): {type(answer).__name__}: {answer}") from answer
-    if answer.get("type") != "Scheduler":
-        raise ClusterUnreachableError(
-            f"{address} answered, but it is no dask scheduler (it says it is "
-            f"{answer.get('type', 'something else')!r}): give the scheduler's address")
-    return dict(answer)
 
 
 def connect(address: str | None, tls: Any, timeout: float, workers: int | None) -> Any:

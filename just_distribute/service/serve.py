@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,15 +40,38 @@ log = logging.getLogger("just_distribute")
 
 
 
+def worker_count(text: str) -> int:
+    """An argparse type: a worker count of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (0 asks for any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{value} is no TCP port: give 1-65535 (0 picks a free one)")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``just-distribute cluster``."""
-    parser.add_argument("--workers", "-n", type=int, default=None,
+    parser.add_argument("--workers", "-n", type=worker_count, default=None,
                         help="worker processes, one thread each (default: usable CPUs)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to serve on (default 127.0.0.1; others need --tls)")
-    parser.add_argument("--port", type=int, default=8786,
+    parser.add_argument("--port", type=port_number, default=8786,
                         help="scheduler port (default 8786; 0 picks a free one)")
-    parser.add_argument("--dashboard-port", type=int, default=8787,
+    parser.add_argument("--dashboard-port", type=port_number, default=8787,
                         help="dashboard and /metrics port (default 8787; 0 picks a free one)")
     parser.add_argument("--tls", action="store_true",
                         help="encrypt and authenticate with a private CA made in --tls-dir")
@@ -85,6 +110,35 @@ def tls_from_args(args: argparse.Namespace) -> _tls.TlsFiles | None:
         extra = [args.host] if getattr(args, "host", None) else []
         return _tls.generate(args.tls_dir, extra)
     return None
+
+
+def check_can_listen(host: str, port: int, what: str) -> None:
+    """Fail at once, with the cause, when ``host:port`` cannot be listened on.
+
+    Raises:
+        OSError: a host that is not an interface of this machine, or a port in use.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host!r} is not a name or address of this machine: "
+                      f"{exc.strerror}") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(f"the {what} port {port} on {host} is in use (another "
+                              f"service?): pick another port (0: any free one)") from None
+            raise OSError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback interface."""
+    return _is_loopback(host)
 
 
 def _is_loopback(host: str) -> bool:
@@ -158,6 +212,8 @@ def serve(
 
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    # dask would retry a port in use or a foreign host for a long while, then print pages.
+    check_can_listen(host, port, "scheduler")
     security = _tls.security(tls) if tls is not None else None
     protocol = "tls://" if tls is not None else "tcp://"
     message = insecure_warning(host, tls)
@@ -189,6 +245,15 @@ def serve(
         with distributed.Client(cluster, security=client_security, timeout=60) as client:
             client.wait_for_workers(workers, timeout=_START_TIMEOUT)
         dashboard, metrics = _http_urls(cluster.scheduler, host)
+        if dashboard is not None and not _is_loopback(host):
+            open_http = (
+                f"the dashboard ({dashboard}) and /metrics listen on {host} with no "
+                f"authentication and no TLS: whoever reaches them sees the service's tasks "
+                f"and workers. Firewall that port, or pass --dashboard-port on loopback "
+                f"behind an SSH tunnel."
+            )
+            log.warning("%s", open_http)
+            print(f"warning: {open_http}", file=sys.stderr, flush=True)
         announce(f"scheduler: {cluster.scheduler_address}")
         announce(f"dashboard: {dashboard or 'off'}")
         announce(f"metrics: {metrics or 'off (pip install prometheus-client)'}")
@@ -245,8 +310,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"just-distribute cluster: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
+    interrupted: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -265,4 +332,5 @@ def main(args: argparse.Namespace) -> int:
         print(f"just-distribute cluster: {exc}", file=sys.stderr)
         return 2
     print("just-distribute: service stopped", flush=True)
-    return 0
+    # Ctrl-C: the shell's convention for "interrupted" (128 + SIGINT).
+    return 130 if signal.SIGINT in interrupted else 0

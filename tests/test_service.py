@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,3 +183,51 @@ def test_stopping_a_service_disconnects_its_clients_quietly(tmp_path: Path) -> N
     assert proc.stdout.split() == ["[0,", "1,", "4,", "9]", "stopped"]
     # No client left trying to reconnect to the stopped scheduler at exit.
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def _listening(pid: int) -> set[str]:
+    """The IP addresses the process and its children listen on (TCP)."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    found: set[str] = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add(conn.laddr.ip)
+    return found
+
+
+def test_worker_listens_only_where_it_reaches_the_scheduler(cluster_address: str) -> None:
+    cmd = [sys.executable, "-m", "just_distribute", "worker", cluster_address,
+           "--workers", "1", "--name", "quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "quiet-0" not in _workers(cluster_address):
+            time.sleep(0.3)
+        assert "quiet-0" in _workers(cluster_address)
+        listening = _listening(proc.pid)
+        assert listening and listening <= {"127.0.0.1"}, listening
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert proc.stderr is not None
+        assert "warning" not in proc.stderr.read()  # loopback: nothing to warn about
+
+
+def test_worker_on_all_interfaces_without_tls_warns(cluster_address: str) -> None:
+    cmd = [sys.executable, "-m", "just_distribute", "worker", cluster_address,
+           "--workers", "1", "--name", "loud", "--host", "0.0.0.0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "joined ..." once it serves
+        assert "joined 1 workers" in line and "0.0.0.0" in line
+        assert "0.0.0.0" in _listening(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert proc.stderr is not None
+        assert "without TLS" in proc.stderr.read()

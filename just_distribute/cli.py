@@ -24,6 +24,8 @@ _COMMANDS = {
     ),
     "worker": ("just_distribute.service.worker", "join workers to a running function service"),
     "loadtest": ("just_distribute.loadtest.command", "measure the function service's throughput"),
+    "tls": ("just_distribute.service.identities",
+            "TLS identities per role: a CA that stays home, one certificate per host/client"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,3 +232,101 @@ def test_worker_on_all_interfaces_without_tls_warns(cluster_address: str) -> Non
         proc.wait(60)
         assert proc.stderr is not None
         assert "without TLS" in proc.stderr.read()
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "just_distribute", *argv],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _start(ident: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        service_command("--workers", "1", "--port", "0", "--dashboard-port", "0",
+                        "--tls-ca", str(ident / "ca.pem"), "--tls-cert", str(ident / "cert.pem"),
+                        "--tls-key", str(ident / "key.pem")),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))},
+    )
+    return proc, read_announcement(proc)["scheduler"]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    get_executor_shutdown()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def get_executor_shutdown() -> None:
+    from just_distribute.executors import shutdown_all
+
+    shutdown_all()
+
+
+@pytest.mark.timeout(300)
+def test_tls_identities_per_role_one_refused_alone(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    assert _cli("tls", "ca", str(ca)).returncode == 0
+    folders = {name: tmp_path / name for name in ("sched", "host-a", "alice", "bob")}
+    folders["bob"].mkdir()
+    (folders["bob"] / "key.pem").write_text("old")
+    (folders["bob"] / "key.pem").chmod(0o644)  # a folder that already holds files
+    for name, role in (("sched", "scheduler"), ("host-a", "worker"), ("alice", "client"),
+                       ("bob", "client")):
+        done = _cli("tls", "issue", str(folders[name]), "--ca", str(ca), "--role", role,
+                    "--name", name, "--host", "127.0.0.1")
+        assert done.returncode == 0, done.stderr
+    for folder in folders.values():
+        assert not (folder / "ca-key.pem").exists()
+        assert (folder / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (ca / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    bad = _cli("tls", "refuse", "nobody", "--ca", str(ca))
+    assert bad.returncode == 2 and "nobody" in bad.stderr and "Traceback" not in bad.stderr
+
+    proc, address = _start(folders["sched"], tmp_path)
+    try:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "just_distribute", "worker", address, "--workers", "1",
+             "--name", "host-a", "--tls", str(folders["host-a"])],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True,
+        )
+        assert worker.stdout is not None and "joined 1" in worker.stdout.readline()
+        for name in ("alice", "bob"):
+            f = distribute(job="cluster", address=address, tls=str(folders[name]))(square)
+            assert f(range(4)) == [0, 1, 4, 9]
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    finally:
+        _stop(proc)
+
+    done = _cli("tls", "refuse", "alice", "--ca", str(ca))
+    assert done.returncode == 0, done.stderr
+    shutil.copyfile(ca / "crl.pem", folders["sched"] / "crl.pem")  # as the docs say
+    proc, address = _start(folders["sched"], tmp_path)
+    try:
+        refused = distribute(job="cluster", address=address, tls=str(folders["alice"]),
+                             connect_timeout=3)(square)
+        with pytest.raises(ClusterUnreachableError):
+            refused(range(2))
+        kept = distribute(job="cluster", address=address, tls=str(folders["bob"]))(square)
+        assert kept(range(3)) == [0, 1, 4]  # not re-issued, still welcome
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.timeout(180)
+def test_temporary_tls_keys_are_removed_at_stop() -> None:
+    from just_distribute.service import start_service
+
+    with start_service(1, tls=True) as service:
+        assert service.tls is not None and service.address.startswith("tls://")
+        folder = Path(service.tls.cert).parents[1]
+        assert Path(service.tls.key).stat().st_mode & 0o777 == 0o600
+        assert not (Path(service.tls.cert).parent / "ca-key.pem").exists()
+        f = distribute(job="cluster", address=service.address, tls=service.tls)(square)
+        assert f(range(3)) == [0, 1, 4]
+    assert not folder.exists()

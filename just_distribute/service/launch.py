@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ class ServiceHandle:
         metrics = info.get("metrics", "off")
         self.metrics_url: str | None = metrics if metrics.startswith("http") else None
         self.tls = tls
+        self._temporary: str | None = None  # keys made for this service alone
 
     def __repr__(self) -> str:
         return f"<ServiceHandle {self.address} pid={self.pid}>"
@@ -103,6 +105,9 @@ class ServiceHandle:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         self._log.close()
+        if self._temporary is not None:  # private keys must not outlive the service
+            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = None
 
     def __enter__(self) -> ServiceHandle:
         return self
@@ -114,12 +119,15 @@ class ServiceHandle:
         self.stop()
 
 
-def _tls_for_service(tls: Any) -> _tls.TlsFiles | None:
+def _tls_for_service(tls: Any) -> tuple[_tls.TlsFiles | None, _tls.TlsFiles | None, str | None]:
+    """The service's files, the files for its clients, and a temporary folder to remove."""
     if tls is None or tls is False:
-        return None
+        return None, None, None
     if tls is True:
-        return _tls.generate(tempfile.mkdtemp(prefix="just-distribute-tls-"))
-    return _tls.resolve(tls)
+        folder = tempfile.mkdtemp(prefix="just-distribute-tls-")
+        return _tls.generate(folder), _tls.resolve(folder, role="client"), folder
+    files = _tls.resolve(tls, role="scheduler")
+    return files, _tls.resolve(tls, role="client"), None
 
 
 def start_service(
@@ -146,15 +154,23 @@ def start_service(
     Raises:
         JustDistributeError: the service did not come up; the message holds its log.
     """
-    files = _tls_for_service(tls)
+    files, client_files, temporary = _tls_for_service(tls)
     try:
-        return _launch(workers, host, port, dashboard_port, files)
-    except JustDistributeError as exc:
-        # A worker process that fails to come up on a heavily loaded machine is not worth
-        # failing for: try once more, then report the log.
-        log.warning("the function service did not start (%s); trying once more",
-                    str(exc).splitlines()[0])
-        return _launch(workers, host, port, dashboard_port, files)
+        try:
+            handle = _launch(workers, host, port, dashboard_port, files)
+        except JustDistributeError as exc:
+            # A worker process that fails to come up on a heavily loaded machine is not
+            # worth failing for: try once more, then report the log.
+            log.warning("the function service did not start (%s); trying once more",
+                        str(exc).splitlines()[0])
+            handle = _launch(workers, host, port, dashboard_port, files)
+    except BaseException:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    handle.tls = client_files
+    handle._temporary = temporary
+    return handle
 
 
 def _launch(

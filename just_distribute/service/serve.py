@@ -260,7 +260,14 @@ def serve(
         announce(f"workers: {workers} processes x 1 thread")
         if tls is not None:
             announce(f"tls: ca={tls.ca} cert={tls.cert} key={tls.key}")
-        use_tls = "" if tls is None else f", tls={str(Path(tls.cert).parent)!r}"
+        if tls is not None:
+            # The --tls layout has an identity made for clients beside the scheduler's.
+            mine = Path(tls.cert).parent
+            clients = mine.parent / "client" if mine.name == "scheduler" else mine
+            if mine.name == "scheduler":
+                announce(f"workers of other hosts: just-distribute worker "
+                         f"{cluster.scheduler_address} --tls {mine.parent / 'worker'}")
+        use_tls = "" if tls is None else f", tls={str(clients)!r}"
         announce(
             f"clients: distribute(job='cluster', address={cluster.scheduler_address!r}"
             f"{use_tls}), or set JUST_DISTRIBUTE_ADDRESS"

@@ -50,7 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="worker name prefix (default: HOSTNAME-PID); workers are "
                              "PREFIX-0, PREFIX-1, ...")
     parser.add_argument("--tls", dest="tls_dir", default=None,
-                        help="directory with ca.pem, cert.pem, key.pem (from `cluster --tls`)")
+                        help="identity folder with ca.pem, cert.pem, key.pem (from `tls issue "
+                             "--role worker`, or the folder of `cluster --tls`)")
     parser.add_argument("--tls-ca", help="CA certificate file")
     parser.add_argument("--tls-cert", help="certificate file")
     parser.add_argument("--tls-key", help="private key file")
@@ -63,9 +64,9 @@ def _tls_files(args: argparse.Namespace) -> _tls.TlsFiles | None:
     if files is not None:
         return files
     if args.tls_dir:
-        return _tls.resolve(args.tls_dir)
+        return _tls.resolve(args.tls_dir, role="worker")
     if args.address.startswith("tls://") and os.environ.get("JUST_DISTRIBUTE_TLS"):
-        return _tls.resolve(os.environ["JUST_DISTRIBUTE_TLS"])
+        return _tls.resolve(os.environ["JUST_DISTRIBUTE_TLS"], role="worker")
     return None
 
 

@@ -7,7 +7,7 @@ Which modules go by value is decided here, in the caller, once per module::
         |
         +-- standard library, built in, just_distribute itself  -> by reference
         +-- part of an installed distribution (site-packages,
-        |   importlib.metadata, editable installs included)        -> by reference
+        |   editable installs included: their .pth or finder)      -> by reference
         +-- anything else (a test file, tasks.py beside a script,
             a client/ package, __main__)                          -> by value (cloudpickle)
 
@@ -20,9 +20,9 @@ code that must be importable there (a module-level ``import helpers``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-import importlib.metadata
 import io
 import os
 import pickle
@@ -59,11 +59,29 @@ def _installed_roots() -> tuple[str, ...]:
 
 
 @functools.cache
-def _distribution_names() -> frozenset[str]:
-    try:
-        return frozenset(importlib.metadata.packages_distributions())
-    except Exception:  # a broken distribution's metadata must not stop the sending
-        return frozenset()
+def _editable_roots() -> tuple[str, ...]:
+    # An editable install puts its folder on the path through a .pth file in site-packages
+    # (reading those few files costs microseconds, where importlib.metadata's full scan of
+    # the distributions costs a second on a large environment).
+    roots: set[str] = set()
+    for site_dir in [*site.getsitepackages(), site.getusersitepackages()]:
+        for pth in Path(site_dir).glob("*.pth") if os.path.isdir(site_dir) else ():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                for line in pth.read_text().splitlines():
+                    line = line.strip()
+                    if line and not line.startswith(("#", "import")) and os.path.isdir(line):
+                        roots.add(str(Path(line).resolve()) + os.sep)
+    return tuple(roots)
+
+
+def _editable_names() -> set[str]:
+    # Newer editable installs map their top-level names in a finder module instead.
+    names: set[str] = set()
+    for name, module in list(sys.modules.items()):
+        mapping = getattr(module, "MAPPING", None) if name.startswith("__editable__") else None
+        if isinstance(mapping, dict):
+            names.update(mapping)
+    return names
 
 
 def _decide(top: str) -> bool:
@@ -82,7 +100,7 @@ def _decide(top: str) -> bool:
     if resolved.startswith(_installed_roots()):
         return True
     # An editable install lives outside site-packages but is still installed.
-    return top in _distribution_names()
+    return resolved.startswith(_editable_roots()) or top in _editable_names()
 
 
 def travels_by_reference(module_name: str) -> bool:

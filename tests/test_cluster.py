@@ -434,3 +434,34 @@ def test_a_killed_scheduler_is_named_not_a_call(own_cluster: BareCluster) -> Non
         f(range(40))
     assert own_cluster.address in str(info.value)
     assert not any("call 0" in note for note in getattr(info.value, "__notes__", []))
+
+
+def pid_and_nap(x: int) -> tuple[int, int]:
+    time.sleep(0.2)
+    return os.getpid(), x
+
+
+@pytest.mark.timeout(180)
+def test_a_stopped_worker_does_not_hold_its_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from just_distribute.service import start_service
+
+    # dask's own setting, read by the service's scheduler: drop a silent worker after 6 s.
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "6s")
+    with start_service(2) as service:
+        f = distribute(job="cluster", address=service.address, chunksize=1)(pid_and_nap)
+        pids = {pid for pid, _ in f(range(8))}
+        assert len(pids) == 2, "both workers should have taken part"
+        stopped = min(pids)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            out = f(range(20))
+            elapsed = time.monotonic() - started
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # (its nanny may have replaced it)
+                os.kill(stopped, signal.SIGCONT)
+        print(f"20 calls with one worker stopped: {elapsed:.1f}s")
+        assert [x for _, x in out] == list(range(20))
+        assert all(pid != stopped for pid, _ in out)
+        assert elapsed < 60, f"took {elapsed:.1f}s"
+        shutdown_all()

@@ -212,3 +212,37 @@ def test_version_mismatch_is_one_clear_error_before_any_chunk(tmp_path: Path) ->
 
         shutdown_all()
         cluster.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_with_other_versions_joining_later_is_named(tmp_path: Path) -> None:
+    other = tmp_path / "other-cloudpickle"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text(
+        "import cloudpickle\ncloudpickle.__version__ = '0.0.2'\n")
+    where = tmp_path / "cluster"
+    where.mkdir()
+    cluster = BareCluster(str(where), workers=1)
+    late = None
+    try:
+        f = distribute(job="cluster", address=cluster.address, chunksize=1)(square)
+        assert f(range(3)) == [0, 1, 4]  # checked at connect: all well
+        late = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.address,
+             "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--name", "odd"],
+            cwd=where, env=bare_env(str(other)), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        with distributed.Client(cluster.address, set_as_default=False, timeout=30) as c:
+            c.wait_for_workers(2, timeout=90)
+        with pytest.raises(VersionMismatchError, match="cloudpickle .* here, 0.0.2 there"):
+            for _ in range(10):  # until a chunk lands on the late worker
+                f(range(20))
+    finally:
+        if late is not None:
+            late.terminate()
+            late.wait(60)
+        from just_distribute.executors import shutdown_all
+
+        shutdown_all()
+        cluster.stop()

@@ -61,6 +61,7 @@ from just_distribute.errors import (
     JustDistributeError,
     ReceiveError,
     SendError,
+    VersionMismatchError,
     WorkerLostError,
 )
 from just_distribute.executors import cluster_code as _code
@@ -307,7 +308,7 @@ class ClusterExecutor(Executor):
         try:
             dask_future = client.submit(
                 run_on_worker, payload, key_of_fn, data, task.stop_on_error,
-                fn_by_value or columns_by_value, key=key, pure=False,
+                fn_by_value or columns_by_value, _code.versions(), key=key, pure=False,
             )
         except BaseException:
             self._started_by_key.pop(key, None)
@@ -404,6 +405,11 @@ class ClusterExecutor(Executor):
                 _set(fut, result, None)
             elif tag == "unsendable":
                 _set(fut, None, ReceiveError(message))
+            elif tag == "mismatch":  # a worker that joined after the check at connect
+                try:
+                    _code.check_versions(self._scheduler or "?", _code.versions(), result)
+                except VersionMismatchError as exc:
+                    _set(fut, None, exc)
             elif (tag == "unloadable" and isinstance(fut, _DaskChunkFuture) and not fut.resent
                   and _code.learn_missing(result)):
                 # The worker lacks a module this process has: once more, by value.

@@ -315,6 +315,12 @@ def ship(path: str | os.PathLike[str], *, address: str | None = None, tls: Any =
 
 
 # -- versions -----------------------------------------------------------------------------
+@functools.cache
+def versions() -> dict[str, str]:
+    """:func:`local_versions`, computed once per process."""
+    return local_versions()
+
+
 def local_versions() -> dict[str, str]:
     """What must match between a client and its workers for pickles to cross."""
     versions = {"python": "{}.{}".format(*sys.version_info[:2])}

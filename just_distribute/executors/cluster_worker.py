@@ -5,6 +5,7 @@ Kept apart from the caller's side so that a worker imports only what it runs.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import traceback
 from collections import OrderedDict
@@ -37,16 +38,28 @@ def _load_function(key: str, payload: bytes) -> Any:
 
 
 def run_on_worker(
-    payload: bytes, key: str, data: bytes, stop_on_error: bool, by_value: bool = False
+    payload: bytes, key: str, data: bytes, stop_on_error: bool, by_value: bool = False,
+    versions: dict[str, str] | None = None,
 ) -> bytes:
     """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
 
     ``by_value``: some of the code came by value; the outcome goes back with cloudpickle,
-    so that the caller gets instances of its own classes back.
+    so that the caller gets instances of its own classes back. ``versions``: the caller's
+    (see :func:`.cluster_code.versions`); when this worker's differ, nothing is unpickled and
+    the caller is told which.
     """
     from distributed import get_worker
 
+    from just_distribute.executors.cluster_code import versions as here
     from just_distribute.executors.process_main import _portable_result
+
+    if versions is not None and versions != here():
+        try:
+            me = str(get_worker().address)
+        except ValueError:
+            me = "?"
+        # A plain dict of strings: it loads whatever the versions on either side.
+        return pickle.dumps(("mismatch", {me: here()}, None), protocol=2)
 
     try:
         fn = _load_function(key, payload)

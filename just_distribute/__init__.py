@@ -35,11 +35,13 @@ if TYPE_CHECKING:
         ReceiveError,
         RemoteTraceback,
         SendError,
+        VersionMismatchError,
         WorkerLostError,
     )
     from just_distribute.executors import Executor, register_executor
     from just_distribute.executors.base import ChunkFuture, Task
     from just_distribute.executors.chunk import CallError, ChunkResult
+    from just_distribute.executors.cluster_connect import ship
     from just_distribute.pool import AsyncResult, Pool
     from just_distribute.report import RunReport, WorkerStats
     from just_distribute.tasks import LazyCall, LazyFunction, compute_this
@@ -56,9 +58,11 @@ _WHERE = {
     "InitializerError": "errors", "JustDistributeError": "errors",
     "MissingExtraError": "errors", "PoolTerminatedError": "errors", "ReceiveError": "errors",
     "RemoteTraceback": "errors", "SendError": "errors", "WorkerLostError": "errors",
+    "VersionMismatchError": "errors",
     "Executor": "executors", "register_executor": "executors",
     "ChunkFuture": "executors.base", "Task": "executors.base",
     "CallError": "executors.chunk", "ChunkResult": "executors.chunk",
+    "ship": "executors.cluster_connect",
     "AsyncResult": "pool", "Pool": "pool",
     "RunReport": "report", "WorkerStats": "report",
     "LazyCall": "tasks", "LazyFunction": "tasks", "compute_this": "tasks",
@@ -91,12 +95,14 @@ __all__ = [
     "SendError",
     "Task",
     "Update",
+    "VersionMismatchError",
     "WorkerLostError",
     "WorkerStats",
     "__version__",
     "compute_this",
     "distribute",
     "register_executor",
+    "ship",
     "update",
 ]
 

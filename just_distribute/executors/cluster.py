@@ -62,7 +62,6 @@ from just_distribute.errors import (
     ReceiveError,
     SendError,
     VersionMismatchError,
-    WorkerLostError,
 )
 from just_distribute.executors import cluster_code as _code
 from just_distribute.executors import cluster_connect as _connect
@@ -378,7 +377,7 @@ class ClusterExecutor(Executor):
             _set(fut, None, ClusterUnreachableError(error))
         if ours:
             # Its loop may be stuck on the silent scheduler: close it on the side.
-            threading.Thread(target=_close_quietly, args=(client, []), daemon=True).start()
+            threading.Thread(target=_connect.close_quietly, args=(client, []), daemon=True).start()
 
     def _settle_loop(self) -> None:
         while (item := self._outcomes.get()) is not None:
@@ -423,24 +422,7 @@ class ClusterExecutor(Executor):
                     f"modules installed on the workers?):\n{message}"
                 ))
             return
-        kind = type(value).__name__
-        if kind == "KilledWorker":
-            _set(fut, None, WorkerLostError(
-                f"dask workers died while running a chunk of {name}() (dask retried it on "
-                f"other workers and gave up: {value}). A call may be crashing its worker "
-                f"(out of memory? native code?); see the workers' logs."
-            ))
-        elif isinstance(value, Exception) and "Cancelled" not in kind:
-            _set(fut, None, value)
-        elif not self._closed:
-            _set(fut, None, ClusterUnreachableError(
-                f"the dask scheduler at {self._scheduler or 'the given address'} went away "
-                f"or restarted while a chunk of {name}() was out ({kind}: {value})"
-            ))
-        else:
-            _set(fut, None, JustDistributeError(
-                f"the cluster dropped a chunk of {name}() ({kind}): the client was closed"
-            ))
+        _set(fut, None, _connect.task_error(value, name, self._scheduler, self._closed))
 
     def abandon(self, future: ChunkFuture) -> None:
         """Cancel the chunk's dask task (a task already running finishes unobserved)."""
@@ -480,24 +462,7 @@ class ClusterExecutor(Executor):
                 self._outcomes.put(None)
                 self._settler = None
         if client is not None:
-            _close_quietly(client, pending)
-
-
-def _close_quietly(client: Any, pending: list[Any]) -> None:
-    # Closing can race dask's own batched sends, which dask reports at INFO level on
-    # standard error ("Batched Comm Closed"): expected here, so kept quiet.
-    dask_log = logging.getLogger("distributed")
-    level = dask_log.level
-    dask_log.setLevel(max(level, logging.WARNING))
-    try:
-        # Abandoned tasks still running would call back into a closed client.
-        if pending:
-            client.cancel(pending)
-        client.close(timeout=10)
-    except Exception as exc:  # best effort: the cluster may be gone already
-        log.debug("closing the dask client: %s", exc)
-    finally:
-        dask_log.setLevel(level)
+            _connect.close_quietly(client, pending)
 
 
 #: Every executor of this process, so that a service about to stop can disconnect them.

@@ -14,7 +14,7 @@ Which modules go by value is decided here, in the caller, once per module::
 A worker that still cannot import a module (it is installed here, not there) answers with
 its ``ModuleNotFoundError``; :func:`learn_missing` then marks that module by value, and the
 chunk is sent once more. Both decisions are remembered for the life of the process.
-:func:`ship` sends a local package or folder to every worker, present and future, for
+:func:`ship_to` sends a local package or folder to every worker, present and future, for
 code that must be importable there (a module-level ``import helpers``).
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 from just_distribute.errors import JustDistributeError, VersionMismatchError
 
 __all__ = [
-    "by_value_modules", "dumps", "learn_missing", "local_versions", "ship", "ship_to",
+    "by_value_modules", "dumps", "learn_missing", "local_versions", "ship_to",
     "travels_by_reference", "check_versions",
 ]
 
@@ -280,38 +280,6 @@ def ship_to(client: Any, path: str | os.PathLike[str]) -> set[str]:
         for name in names:
             _decided[name] = True
     return names
-
-
-def ship(path: str | os.PathLike[str], *, address: str | None = None, tls: Any = None,
-         workers: int | None = None) -> set[str]:
-    """Send a local package or folder to every worker of a cluster, present and future.
-
-    For code that imports its local helpers at module level (``import helpers``): after
-    this call the workers import them as the caller does.
-
-    Args:
-        path: a package folder (with ``__init__.py``), a folder of modules or a ``.py`` file.
-        address: the scheduler (default: ``JUST_DISTRIBUTE_ADDRESS``, else the embedded
-            cluster), as for ``job="cluster"``.
-        tls: TLS settings for ``address``.
-        workers: the size of the embedded cluster, when that is the one meant.
-
-    Returns:
-        The top-level module names now importable on the workers.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ClusterUnreachableError: no scheduler answered.
-    """
-    from just_distribute.config import resolve_options
-    from just_distribute.executors import get_executor
-
-    settings: dict[str, Any] = {"job": "cluster", "address": address, "tls": tls}
-    if workers is not None:
-        settings["workers"] = workers
-    executor = get_executor(resolve_options({k: v for k, v in settings.items()
-                                             if v is not None or k == "job"}))
-    return ship_to(executor.client(), path)  # type: ignore[attr-defined]
 
 
 # -- versions -----------------------------------------------------------------------------

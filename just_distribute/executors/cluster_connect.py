@@ -1,30 +1,38 @@
-"""Reaching a dask scheduler with a bound on every wait, and the embedded cluster.
+"""Reaching a dask scheduler with a bound on every wait; the embedded cluster; how a lost
+task is reported.
 
 dask's own ``Client(address, timeout=...)`` bounds the TCP connect, not what follows: a port
 that accepts connections but is no scheduler (a dashboard, any HTTP server) can keep it
 waiting for minutes, and a malformed address fails deep inside with a raw ``ValueError``
 and a client half made (which then delays the interpreter's exit). So before a ``Client``
-is made the address is checked (:func:`check_address`) and the scheduler is asked who it
-is over a fresh connection, on an event loop of its own, within ``connect_timeout``
-(:func:`probe`). The same probe, repeated while chunks are out, notices a scheduler that
-stops answering (SIGSTOP, a frozen host) or goes away.
+is made the address is checked and the scheduler is asked who it is within
+``connect_timeout`` (:mod:`just_distribute.service.reach`, shared with ``just-distribute
+worker``), and the workers' versions are compared with the client's. The same probe,
+repeated while chunks are out, notices a scheduler that stops answering or goes away.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Any
 
-from just_distribute.config import usable_cpus
-from just_distribute.errors import ClusterUnreachableError, MissingExtraError
+from just_distribute.config import resolve_options, usable_cpus
+from just_distribute.errors import (
+    ClusterUnreachableError,
+    JustDistributeError,
+    MissingExtraError,
+    WorkerLostError,
+)
 from just_distribute.executors import cluster_code as _code
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import start_service
 from just_distribute.service.reach import check_address, probe
 
-__all__ = ["check_address", "connect", "embedded_service", "probe", "stop_embedded"]
+__all__ = ["check_address", "close_quietly", "connect", "embedded_service", "probe", "ship",
+           "stop_embedded", "task_error"]
 
 log = logging.getLogger("just_distribute")
 
@@ -125,3 +133,73 @@ def stop_embedded() -> None:
         _services.clear()
     for service in services:
         service.stop()
+
+
+def task_error(value: BaseException, name: str, scheduler: str | None,
+               closed: bool) -> BaseException:
+    """The error for a chunk whose dask task ended with ``value`` instead of an outcome."""
+    kind = type(value).__name__
+    if kind == "KilledWorker":
+        return WorkerLostError(
+            f"dask workers died while running a chunk of {name}() (dask retried it on "
+            f"other workers and gave up: {value}). A call may be crashing its worker "
+            f"(out of memory? native code?); see the workers' logs."
+        )
+    if isinstance(value, Exception) and "Cancelled" not in kind:
+        return value
+    if not closed:
+        return ClusterUnreachableError(
+            f"the dask scheduler at {scheduler or 'the given address'} went away "
+            f"or restarted while a chunk of {name}() was out ({kind}: {value})"
+        )
+    return JustDistributeError(
+        f"the cluster dropped a chunk of {name}() ({kind}): the client was closed")
+
+
+def close_quietly(client: Any, pending: list[Any]) -> None:
+    """Close a dask client, cancelling ``pending`` first, without dask's closing chatter."""
+    # Closing can race dask's own batched sends, which dask reports at INFO level on
+    # standard error ("Batched Comm Closed"): expected here, so kept quiet.
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    dask_log.setLevel(max(level, logging.WARNING))
+    try:
+        # Abandoned tasks still running would call back into a closed client.
+        if pending:
+            client.cancel(pending)
+        client.close(timeout=10)
+    except Exception as exc:  # best effort: the cluster may be gone already
+        log.debug("closing the dask client: %s", exc)
+    finally:
+        dask_log.setLevel(level)
+
+
+def ship(path: str | os.PathLike[str], *, address: str | None = None, tls: Any = None,
+         workers: int | None = None) -> set[str]:
+    """Send a local package or folder to every worker of a cluster, present and future.
+
+    For code that imports its local helpers at module level (``import helpers``): after
+    this call the workers import them as the caller does.
+
+    Args:
+        path: a package folder (with ``__init__.py``), a folder of modules or a ``.py`` file.
+        address: the scheduler (default: ``JUST_DISTRIBUTE_ADDRESS``, else the embedded
+            cluster), as for ``job="cluster"``.
+        tls: TLS settings for ``address``.
+        workers: the size of the embedded cluster, when that is the one meant.
+
+    Returns:
+        The top-level module names now importable on the workers.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ClusterUnreachableError: no scheduler answered.
+    """
+    settings: dict[str, Any] = {"job": "cluster", "address": address, "tls": tls,
+                                "workers": workers}
+    options = resolve_options({k: v for k, v in settings.items() if v is not None})
+    client = connect(options.address, options.tls, options.connect_timeout, options.workers)
+    try:
+        return _code.ship_to(client, path)
+    finally:
+        close_quietly(client, [])

@@ -69,7 +69,7 @@ from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult, current_job
 from just_distribute.executors.cluster_connect import stop_embedded
-from just_distribute.executors.cluster_worker import START_TOPIC, run_on_worker
+from just_distribute.executors.cluster_worker import START_TOPIC, importable, run_on_worker
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service.launch import on_stop
 
@@ -249,7 +249,7 @@ class ClusterExecutor(Executor):
         if made is not None and made[0] == _code.generation:
             return made[1], made[2], made[3]
         generation = _code.generation
-        data = _code.dumps(payload.fn, usual)
+        data = _code.dumps(payload.fn, usual, self._asker())
         if data is None:
             made = (generation, payload.key, usual, False)
         else:
@@ -288,12 +288,25 @@ class ClusterExecutor(Executor):
     def _columns_bytes(self, task: Task) -> tuple[bytes, bool]:
         columns = list(task.columns)
         try:
-            by_value = _code.dumps(columns)
+            by_value = _code.dumps(columns, ask=self._asker())
         except Exception:  # what cloudpickle cannot send: the usual way says why
             by_value = None
         if by_value is not None:
             return by_value, True
         return dumps_columns(columns, task.payload.name, "the cluster"), False
+
+    def _asker(self) -> _code.Asker:
+        def ask(names: set[str]) -> set[str]:
+            client = self.client()
+            try:
+                there = client.sync(client._run, importable, sorted(names), on_error="return",
+                                    callback_timeout=self._connect_timeout)
+            except Exception:  # no answer: by value is right everywhere
+                return set()
+            found = [set(v) for v in there.values() if isinstance(v, list)]
+            return set.intersection(*found) if found else set()
+
+        return ask
 
     def _send(self, fut: _DaskChunkFuture) -> None:
         task = fut.task

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import types
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +104,20 @@ def _decide(top: str) -> bool:
     return resolved.startswith(_editable_roots()) or top in _editable_names()
 
 
-def travels_by_reference(module_name: str) -> bool:
-    """Whether the workers are expected to import ``module_name`` themselves.
+#: Asks the workers which of these top-level modules they can import.
+Asker = Callable[[set[str]], set[str]]
 
-    Decided once per top-level package and remembered (see the module docstring).
+
+def travels_by_reference(module_name: str) -> bool:
+    """Whether the workers import ``module_name`` themselves (as decided so far).
+
+    An installed module: yes. Another one: as the workers answered when it was first sent,
+    else no (see the module docstring).
     """
     top = module_name.partition(".")[0]
     with _lock:
         known = _decided.get(top)
-    if known is not None:
-        return known
-    verdict = _decide(top)
-    with _lock:
-        return _decided.setdefault(top, verdict)
+    return known if known is not None else _decide(top)
 
 
 def by_value_modules() -> set[str]:
@@ -196,16 +198,38 @@ def _cloud_dumps(obj: Any) -> tuple[bytes, set[str]]:
     return buf.getvalue(), modules
 
 
-def _local(modules: set[str]) -> set[str]:
-    return {m.partition(".")[0] for m in modules if not travels_by_reference(m)} - {"__main__"}
+def _local(modules: set[str], ask: Asker | None) -> set[str]:
+    """The top-level modules among ``modules`` that must travel by value."""
+    out: set[str] = set()
+    undecided: set[str] = set()
+    for top in {m.partition(".")[0] for m in modules} - {"__main__"}:
+        with _lock:
+            known = _decided.get(top)
+        if known is None and _decide(top):
+            with _lock:
+                _decided.setdefault(top, True)
+        elif known is None:
+            undecided.add(top)
+        elif not known:
+            out.add(top)
+    if undecided:
+        # Not installed here, yet the workers may import it (the embedded cluster gets this
+        # process's import path): by reference then, so that module state stays shared.
+        there = ask(undecided) if ask is not None else set()
+        with _lock:
+            for top in undecided:
+                if not _decided.setdefault(top, top in there):
+                    out.add(top)
+    return out
 
 
-def dumps(obj: Any, usual: bytes | None = None) -> bytes | None:
+def dumps(obj: Any, usual: bytes | None = None, ask: Asker | None = None) -> bytes | None:
     """Serialise ``obj`` for the cluster when some of its code must travel by value.
 
     Args:
         obj: a function (with its constants) or the argument columns of a chunk.
         usual: its usual serialisation, when already made (it is scanned, not remade).
+        ask: asks the workers about modules that are not installed here (else: by value).
 
     Returns:
         cloudpickle bytes with every local module sent by value, or None when nothing in
@@ -215,7 +239,7 @@ def dumps(obj: Any, usual: bytes | None = None) -> bytes | None:
         recorder = _Recorder(io.BytesIO())
         try:
             recorder.dump(obj)
-            local = _local(recorder.modules)
+            local = _local(recorder.modules, ask)
         except Exception:  # lambdas and the like: let cloudpickle look at it
             local = {"?"}
         if not local:
@@ -224,9 +248,10 @@ def dumps(obj: Any, usual: bytes | None = None) -> bytes | None:
     # repeat until nothing new is found, at most once per module.
     for _ in range(64):
         data, modules = _cloud_dumps(obj)
-        new = [m for m in _local(modules) if _send_by_value(m)]
+        local = _local(modules, ask)
+        new = [m for m in local if _send_by_value(m)]
         if not new:
-            return data if _local(modules) or "__main__" in {
+            return data if local or "__main__" in {
                 m.partition(".")[0] for m in modules} or usual is None else None
     raise JustDistributeError("too many local modules to send by value")
 

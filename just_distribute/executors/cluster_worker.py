@@ -14,7 +14,7 @@ from typing import Any
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.chunk import run_chunk
 
-__all__ = ["START_TOPIC", "run_on_worker"]
+__all__ = ["START_TOPIC", "importable", "run_on_worker"]
 
 #: The dask event topic on which a worker announces that it starts a chunk.
 START_TOPIC = "just-distribute-chunk-started"
@@ -35,6 +35,20 @@ def _load_function(key: str, payload: bytes) -> Any:
         while len(_worker_cache) > _WORKER_CACHE_SIZE:
             _worker_cache.popitem(last=False)
     return fn
+
+
+def importable(names: list[str]) -> list[str]:
+    """Which of these top-level modules this worker can import (found, not imported)."""
+    import importlib.util
+
+    found = []
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                found.append(name)
+        except (ImportError, ValueError):
+            pass
+    return found
 
 
 def run_on_worker(

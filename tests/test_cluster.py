@@ -465,3 +465,34 @@ def test_a_stopped_worker_does_not_hold_its_chunks(monkeypatch: pytest.MonkeyPat
         assert all(pid != stopped for pid, _ in out)
         assert elapsed < 60, f"took {elapsed:.1f}s"
         shutdown_all()
+
+
+def _chunks_on_scheduler(dask_scheduler: object, prefix: str) -> int:
+    return sum(1 for key in dask_scheduler.tasks if str(key).startswith(prefix))  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_cancels_the_queued_dask_tasks(own_cluster: BareCluster) -> None:
+    f = distribute(job="cluster", address=own_cluster.address, chunksize=1)(nap)
+    assert f([0.0]) == [0.0]
+    seen: list[int] = []
+
+    def interrupt() -> None:
+        with distributed.Client(own_cluster.address, set_as_default=False, timeout=30) as c:
+            seen.append(c.run_on_scheduler(_chunks_on_scheduler, prefix="nap-chunk"))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Timer(1.5, interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        f([0.5] * 40)  # 20 s of work on one worker
+    assert seen and seen[0] > 1, seen  # the premise: chunks were queued
+    with distributed.Client(own_cluster.address, set_as_default=False, timeout=30) as c:
+        deadline = time.monotonic() + 10
+        left = c.run_on_scheduler(_chunks_on_scheduler, prefix="nap-chunk")
+        while left > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = c.run_on_scheduler(_chunks_on_scheduler, prefix="nap-chunk")
+    assert left <= 1, f"{left} chunks still on the scheduler after Ctrl-C"
+    started = time.monotonic()
+    assert f([0.0, 0.0]) == [0.0, 0.0]  # not queued behind the interrupted run
+    assert time.monotonic() - started < 10

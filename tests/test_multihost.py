@@ -16,6 +16,7 @@ it measured as JSON; the test checks it (and reports the times with ``-s``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -134,25 +135,38 @@ def hosts() -> Iterator[Hosts]:
         made.delete()
 
 
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float,
+                   before: list[str] | None = None) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
         if needle in line:
             return line
+        if before is not None:
+            before.append(line)
         if time.monotonic() > deadline:
             break
     raise AssertionError(f"no {needle!r} within {timeout}s (exit {proc.poll()})")
 
 
-def _workers(hosts: Hosts, address: str, where: Path, *tls: str) -> None:
-    for name in ("host1", "host2"):
-        proc = hosts.start(name, [sys.executable, "-m", "just_distribute", "worker", address,
-                                  "--workers", "1", "--name", name, *tls], where,
-                           stdout=subprocess.PIPE)
-        line = _wait_for_line(proc, "joined", 90)
-        # Listening on the interface that reaches the scheduler, nothing else.
-        assert f"listening on {hosts.addr(name)}" in line, line
+def _listening(pid: int) -> set[str]:
+    """The IP addresses listened on in the network namespace of ``pid`` (TCP, v4 and v6).
+
+    Read from /proc/PID/net/tcp*, which show that namespace's sockets; only this test's
+    processes live in it.
+    """
+    found: set[str] = set()
+    for name, size in (("tcp", 4), ("tcp6", 16)):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A":  # LISTEN
+                    continue
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
 
 
 _TASKS = """
@@ -277,14 +291,21 @@ def test_tls_identities_across_hosts(hosts: Hosts, tmp_path: Path) -> None:
         hosts.addr("sched"), "--port", "8786", "--dashboard-port", "0",
         "--tls-ca", str(ident / "ca.pem"), "--tls-cert", str(ident / "cert.pem"),
         "--tls-key", str(ident / "key.pem")], tmp_path, stdout=subprocess.PIPE)
-    address = _wait_for_line(service, "scheduler: ", 120).split(": ", 1)[1].strip()
+    said: list[str] = []
+    address = _wait_for_line(service, "scheduler: ", 120, said).split(": ", 1)[1].strip()
     assert address == f"tls://{hosts.addr('sched')}:8786"
+    dashboard = _wait_for_line(service, "dashboard: ", 30).split(": ", 1)[1].strip()
+    assert dashboard.startswith(f"http://{hosts.addr('sched')}:")  # the real URL
+    assert any("no authentication" in line for line in said), said
+    # Scheduler, dashboard and its own worker: all on that one interface.
+    assert _listening(service.pid) == {hosts.addr("sched")}
     for name in ("host1", "host2"):
         proc = hosts.start(name, [sys.executable, "-m", "just_distribute", "worker", address,
                                   "--workers", "1", "--name", name,
                                   "--tls", str(tmp_path / f"id-{name}")], tmp_path,
                            stdout=subprocess.PIPE)
         assert f"listening on {hosts.addr(name)}" in _wait_for_line(proc, "joined", 90)
+        assert _listening(proc.pid) == {hosts.addr(name)}
     # A client without a certificate of this CA is refused within its connect timeout.
     stranger = hosts.run("client", [sys.executable, "-c", textwrap.dedent(f"""
         from just_distribute import ClusterUnreachableError, distribute

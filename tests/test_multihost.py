@@ -169,6 +169,17 @@ def _listening(pid: int) -> set[str]:
     return found
 
 
+def _workers(hosts: Hosts, address: str, where: Path, *tls: str) -> None:
+    for name in ("host1", "host2"):
+        proc = hosts.start(name, [sys.executable, "-m", "just_distribute", "worker", address,
+                                  "--workers", "1", "--name", name, *tls], where,
+                           stdout=subprocess.PIPE)
+        line = _wait_for_line(proc, "joined", 90)
+        # Listening on the interface that reaches the scheduler, nothing else.
+        assert f"listening on {hosts.addr(name)}" in line, line
+        assert _listening(proc.pid) == {hosts.addr(name)}
+
+
 _TASKS = """
 import os
 

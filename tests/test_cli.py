@@ -173,3 +173,23 @@ def test_ctrl_c_exits_130(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_the_cli_page_matches_the_real_help() -> None:
+    import re
+
+    from just_distribute.cli import build_parser
+
+    parser = build_parser()
+    helps = [parser.format_help()]
+    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    for sub in actions[0].choices.values():  # type: ignore[attr-defined]
+        helps.append(sub.format_help())
+        for nested in sub._actions:
+            if nested.__class__.__name__ == "_SubParsersAction":
+                helps.extend(p.format_help() for p in nested.choices.values())
+    real = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", "\n".join(helps))) - {"--help"}
+    page = (ROOT / "docs" / "guide" / "cli.md").read_text()
+    documented = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", page)) - {"--help"}
+    assert real - documented == set(), "options missing from docs/guide/cli.md"
+    assert documented - real == set(), "docs/guide/cli.md names options that do not exist"

@@ -298,6 +298,16 @@ def test_tls_identities_per_role_one_refused_alone(tmp_path: Path) -> None:
         for name in ("alice", "bob"):
             f = distribute(job="cluster", address=address, tls=str(folders[name]))(square)
             assert f(range(4)) == [0, 1, 4, 9]
+        # A worker holding another CA's certificate: one line, exit 2, within its timeout.
+        stranger = _tls.generate(tmp_path / "other-ca")
+        started = time.monotonic()
+        refused = _cli("worker", address, "--workers", "1", "--connect-timeout", "3",
+                       "--tls-ca", stranger.ca, "--tls-cert", stranger.cert,
+                       "--tls-key", stranger.key)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert address.removeprefix("tls://") in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert time.monotonic() - started < 30
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     finally:
@@ -330,3 +340,19 @@ def test_temporary_tls_keys_are_removed_at_stop() -> None:
         f = distribute(job="cluster", address=service.address, tls=service.tls)(square)
         assert f(range(3)) == [0, 1, 4]
     assert not folder.exists()
+
+
+def test_worker_ctrl_c_exits_130(cluster_address: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "just_distribute", "worker", cluster_address, "--workers", "1",
+         "--name", "interrupted"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and "joined 1" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

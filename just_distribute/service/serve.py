@@ -311,6 +311,13 @@ def _reap_children() -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``just-distribute cluster``: serve until Ctrl-C or SIGTERM."""
+    if not getattr(args, "verbose", False):
+        # A failure is reported in one line below; dask's own account of it is for -v.
+        # (After importing dask, which sets up its loggers on import.)
+        with contextlib.suppress(MissingExtraError):
+            _import_distributed()
+        for name in ("distributed", "distributed.deploy.spec"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         tls = tls_from_args(args)
     except (ValueError, FileNotFoundError, TypeError, MissingExtraError) as exc:

@@ -102,14 +102,23 @@ class BareCluster:
 
     def __init__(self, where: str, workers: int = 2, worker_path: tuple[str, ...] = ()) -> None:
         self.where = where
-        scheduler_file = os.path.join(where, "scheduler.json")
         self.log = open(os.path.join(where, "dask.log"), "w")  # noqa: SIM115
-        self.procs = [subprocess.Popen(
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            self._start(workers, worker_path)
+        except BaseException:  # leave nothing behind when it does not come up
+            self.stop()
+            raise
+
+    def _start(self, workers: int, worker_path: tuple[str, ...]) -> None:
+        where = self.where
+        scheduler_file = os.path.join(where, "scheduler.json")
+        self.procs.append(subprocess.Popen(
             [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
              "--scheduler-file", scheduler_file],
             cwd=where, env=bare_env(), stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )]
+        ))
         deadline = time.monotonic() + 60
         while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -20,10 +20,8 @@ packages travels by reference; code of modules the workers cannot be expected to
 value. The outcome then comes back with cloudpickle too, so that an instance of such a
 class is an instance of the caller's class again.
 
-Waits: the connection is bounded by ``connect_timeout`` (see :mod:`.cluster_connect`);
-while chunks are out, the scheduler is asked every second or so who it is, and one that
-does not answer within ``connect_timeout`` (stopped, frozen) or refuses (gone) ends the
-run with a :class:`~just_distribute.errors.ClusterUnreachableError` naming it.
+Waits: every one is bounded by ``connect_timeout``, while chunks are out too (the
+scheduler is asked every second whether it is there; see :mod:`.cluster_connect`).
 
 Execution is at least once: a chunk whose worker died is run again elsewhere, so some of
 its calls may have run twice; every result is delivered exactly once.
@@ -69,7 +67,7 @@ from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult, current_job
 from just_distribute.executors.cluster_connect import stop_embedded
-from just_distribute.executors.cluster_worker import START_TOPIC, importable, run_on_worker
+from just_distribute.executors.cluster_worker import START_TOPIC, run_on_worker
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service.launch import on_stop
 
@@ -296,17 +294,7 @@ class ClusterExecutor(Executor):
         return dumps_columns(columns, task.payload.name, "the cluster"), False
 
     def _asker(self) -> _code.Asker:
-        def ask(names: set[str]) -> set[str]:
-            client = self.client()
-            try:
-                there = client.sync(client._run, importable, sorted(names), on_error="return",
-                                    callback_timeout=self._connect_timeout)
-            except Exception:  # no answer: by value is right everywhere
-                return set()
-            found = [set(v) for v in there.values() if isinstance(v, list)]
-            return set.intersection(*found) if found else set()
-
-        return ask
+        return _connect.asker(self.client, self._connect_timeout)
 
     def _send(self, fut: _DaskChunkFuture) -> None:
         task = fut.task

@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from just_distribute.config import resolve_options, usable_cpus
@@ -27,12 +28,13 @@ from just_distribute.errors import (
     WorkerLostError,
 )
 from just_distribute.executors import cluster_code as _code
+from just_distribute.executors.cluster_worker import importable
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import start_service
 from just_distribute.service.reach import check_address, probe
 
-__all__ = ["check_address", "close_quietly", "connect", "embedded_service", "probe", "ship",
-           "stop_embedded", "task_error"]
+__all__ = ["asker", "check_address", "close_quietly", "connect", "embedded_service", "probe",
+           "ship", "stop_embedded", "task_error"]
 
 log = logging.getLogger("just_distribute")
 
@@ -133,6 +135,22 @@ def stop_embedded() -> None:
         _services.clear()
     for service in services:
         service.stop()
+
+
+def asker(client: Callable[[], Any], timeout: float) -> _code.Asker:
+    """Asks the workers of ``client()`` which modules they can import (see cluster_code)."""
+
+    def ask(names: set[str]) -> set[str]:
+        dask_client = client()
+        try:
+            there = dask_client.sync(dask_client._run, importable, sorted(names),
+                                     on_error="return", callback_timeout=timeout)
+        except Exception:  # no answer: by value is right everywhere
+            return set()
+        found = [set(v) for v in there.values() if isinstance(v, list)]
+        return set.intersection(*found) if found else set()
+
+    return ask
 
 
 def task_error(value: BaseException, name: str, scheduler: str | None,

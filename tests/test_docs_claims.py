@@ -38,6 +38,7 @@ from just_distribute.errors import (
     MissingExtraError,
     ReceiveError,
     SendError,
+    VersionMismatchError,
     WorkerLostError,
 )
 from just_distribute.executors.cluster import SCATTER_BYTES
@@ -378,9 +379,10 @@ def test_guide_errors_md_L150_a_dead_worker_raises_WorkerLostError_with_its_exit
         (192, ReceiveError, None),
         (193, ClusterUnreachableError, ConnectionError),
         (194, MissingExtraError, ImportError),
+        (195, VersionMismatchError, None),
     ],
 )
-def test_guide_errors_md_L184_to_L194_the_exception_tree(
+def test_guide_errors_md_L184_to_L195_the_exception_tree(
     line: int, cls: type[BaseException], builtin: type[BaseException] | None
 ) -> None:
     says("guide/errors.md", 184, "one base class, `JustDistributeError`")
@@ -568,30 +570,30 @@ def service_run() -> tuple[str, int]:
     return "".join(lines), code
 
 
-def test_guide_cli_md_L35_cluster_workers_default_to_usable_cpus(
+def test_guide_cli_md_L38_cluster_workers_default_to_usable_cpus(
     service_run: tuple[str, int],
 ) -> None:
-    says("guide/cli.md", 35, "| `--workers N` | usable CPUs |")
+    says("guide/cli.md", 38, "| `--workers N` | usable CPUs |")
     assert f"workers: {CPUS} processes x 1 thread" in service_run[0]
 
 
-def test_guide_cli_md_L36_the_service_listens_on_loopback_by_default(
+def test_guide_cli_md_L39_the_service_listens_on_loopback_by_default(
     service_run: tuple[str, int],
 ) -> None:
-    says("guide/cli.md", 36, "| `--host HOST` | `127.0.0.1` |")
+    says("guide/cli.md", 39, "| `--host HOST` | `127.0.0.1` |")
     says("recipes/cluster.md", 53, "By default it listens")
     assert "scheduler: tcp://127.0.0.1:" in service_run[0]
 
 
-def test_guide_cli_md_L109_the_service_stopped_by_ctrl_c_exits_0(
+def test_guide_cli_md_L129_the_service_stopped_by_ctrl_c_exits_130(
     service_run: tuple[str, int],
 ) -> None:
-    says("guide/cli.md", 109, "for `cluster` and `worker` also when Ctrl-C or SIGTERM stops them")
-    assert service_run[1] == 0
+    says("guide/cli.md", 129, "`cluster` and `worker` included")
+    assert service_run[1] == 130
 
 
-def test_guide_cli_md_L110_ctrl_c_in_the_demo_exits_130() -> None:
-    says("guide/cli.md", 110, "`130` when Ctrl-C interrupts `demo` or `loadtest`")
+def test_guide_cli_md_L129_ctrl_c_in_the_demo_exits_130() -> None:
+    says("guide/cli.md", 129, "`130` when Ctrl-C interrupts any command")
     proc = subprocess.Popen(
         [sys.executable, "-m", "just_distribute", "demo", "--no-cluster", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
@@ -606,8 +608,8 @@ def test_guide_cli_md_L110_ctrl_c_in_the_demo_exits_130() -> None:
     assert code == 130
 
 
-def test_guide_cli_md_L111_a_failure_exits_non_zero_with_a_message() -> None:
-    says("guide/cli.md", 111, "with a message on standard error when something failed")
+def test_guide_cli_md_L133_a_failure_exits_non_zero_with_a_message() -> None:
+    says("guide/cli.md", 133, "with a message on standard error when something failed")
     out = run_cli("loadtest", "--duration", "-1")
     assert out.returncode not in (0, 130) and "--duration" in out.stderr
     assert run_cli("cluster", "--help").returncode == 0
@@ -620,12 +622,12 @@ def _defaults(command: str, *extra: str) -> Any:
 @pytest.mark.parametrize(
     ("line", "text", "attr", "value"),
     [
-        (37, "| `--port PORT` | `8786` |", "port", 8786),
-        (38, "| `--dashboard-port PORT` | `8787` |", "dashboard_port", 8787),
-        (40, "| `--tls-dir DIR` | `just-distribute-tls` |", "tls_dir", "just-distribute-tls"),
+        (40, "| `--port PORT` | `8786` |", "port", 8786),
+        (41, "| `--dashboard-port PORT` | `8787` |", "dashboard_port", 8787),
+        (43, "| `--tls-dir DIR` | `just-distribute-tls` |", "tls_dir", "just-distribute-tls"),
     ],
 )
-def test_guide_cli_md_L37_L38_L40_cluster_option_defaults(
+def test_guide_cli_md_L40_L41_L43_cluster_option_defaults(
     line: int, text: str, attr: str, value: Any
 ) -> None:
     says("guide/cli.md", line, text)
@@ -635,22 +637,22 @@ def test_guide_cli_md_L37_L38_L40_cluster_option_defaults(
 @pytest.mark.parametrize(
     ("line", "text", "attr", "value"),
     [
-        (73, "`50,200,1000`", "tasks", [50, 200, 1000]),
-        (74, "`0.05`", "duration", 0.05),
-        (75, "`sleep`", "kind", "sleep"),
-        (76, "`loadtest-out`", "out", Path("loadtest-out")),
-        (78, "`10`", "connect_timeout", 10.0),
+        (91, "`50,200,1000`", "tasks", [50, 200, 1000]),
+        (92, "`0.05`", "duration", 0.05),
+        (93, "`sleep`", "kind", "sleep"),
+        (94, "`loadtest-out`", "out", Path("loadtest-out")),
+        (96, "`10`", "connect_timeout", 10.0),
     ],
 )
-def test_guide_cli_md_L73_to_L78_loadtest_option_defaults(
+def test_guide_cli_md_L91_to_L96_loadtest_option_defaults(
     line: int, text: str, attr: str, value: Any
 ) -> None:
     says("guide/cli.md", line, text)
     assert getattr(_defaults("loadtest"), attr) == value
 
 
-def test_guide_cli_md_L72_loadtest_workers_default_1_2_4() -> None:
-    says("guide/cli.md", 72, "`1,2,4`")
+def test_guide_cli_md_L90_loadtest_workers_default_1_2_4() -> None:
+    says("guide/cli.md", 90, "`1,2,4`")
     import inspect
 
     from just_distribute.loadtest import run
@@ -676,8 +678,8 @@ def test_recipes_cluster_md_L94_an_unreachable_address_raises_within_connect_tim
     assert time.monotonic() - started < 6
 
 
-def test_recipes_cluster_md_L230_a_bad_lazy_call_raises_TypeError_before_sending() -> None:
-    says("recipes/cluster.md", 230, "except TypeError:")
+def test_recipes_cluster_md_L347_a_bad_lazy_call_raises_TypeError_before_sending() -> None:
+    says("recipes/cluster.md", 347, "except TypeError:")
 
     @compute_this(job="serial")
     def two(a: int, b: int) -> int:
@@ -687,8 +689,8 @@ def test_recipes_cluster_md_L230_a_bad_lazy_call_raises_TypeError_before_sending
         two(1)  # type: ignore[call-arg]
 
 
-def test_recipes_cluster_md_L237_run_timeout_bounds_the_wait(cluster_address: str) -> None:
-    says("recipes/cluster.md", 237, "`.run(timeout=...)`")
+def test_recipes_cluster_md_L354_run_timeout_bounds_the_wait(cluster_address: str) -> None:
+    says("recipes/cluster.md", 354, "`.run(timeout=...)`")
     lazy = compute_this(job="cluster", address=cluster_address)(sleep_for)
     started = time.monotonic()
     with pytest.raises(CallTimeoutError):

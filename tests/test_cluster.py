@@ -471,6 +471,24 @@ def _chunks_on_scheduler(dask_scheduler: object, prefix: str) -> int:
     return sum(1 for key in dask_scheduler.tasks if str(key).startswith(prefix))  # type: ignore[attr-defined]
 
 
+def _left_after(address: str, prefix: str) -> int:
+    """Chunks still on the scheduler once it settles (a fresh client: the interrupted
+    process's own may have been cut mid-message; its handshake is retried)."""
+    for attempt in range(3):
+        try:
+            with distributed.Client(address, set_as_default=False, timeout=30) as c:
+                deadline = time.monotonic() + 10
+                left = c.run_on_scheduler(_chunks_on_scheduler, prefix=prefix)
+                while left > 1 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    left = c.run_on_scheduler(_chunks_on_scheduler, prefix=prefix)
+                return int(left)
+        except AssertionError:  # dask's handshake check, seen once under load
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_cancels_the_queued_dask_tasks(own_cluster: BareCluster) -> None:
     f = distribute(job="cluster", address=own_cluster.address, chunksize=1)(nap)
@@ -486,12 +504,7 @@ def test_ctrl_c_cancels_the_queued_dask_tasks(own_cluster: BareCluster) -> None:
     with pytest.raises(KeyboardInterrupt):
         f([0.5] * 40)  # 20 s of work on one worker
     assert seen and seen[0] > 1, seen  # the premise: chunks were queued
-    with distributed.Client(own_cluster.address, set_as_default=False, timeout=30) as c:
-        deadline = time.monotonic() + 10
-        left = c.run_on_scheduler(_chunks_on_scheduler, prefix="nap-chunk")
-        while left > 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            left = c.run_on_scheduler(_chunks_on_scheduler, prefix="nap-chunk")
+    left = _left_after(own_cluster.address, "nap-chunk")
     assert left <= 1, f"{left} chunks still on the scheduler after Ctrl-C"
     started = time.monotonic()
     assert f([0.0, 0.0]) == [0.0, 0.0]  # not queued behind the interrupted run

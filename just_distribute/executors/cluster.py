@@ -35,6 +35,9 @@ Nesting: a call made from inside a cluster task (a distributed function calling 
 one) runs serially in that task. A dask worker runs one task per thread; waiting on the
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
+Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
+``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
+
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
 clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
 task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
@@ -53,6 +56,7 @@ import weakref
 from concurrent.futures import InvalidStateError
 from typing import Any
 
+from just_distribute import updates as _updates
 from just_distribute.config import Options
 from just_distribute.errors import (
     ClusterUnreachableError,
@@ -67,9 +71,10 @@ from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult, current_job
 from just_distribute.executors.cluster_connect import stop_embedded
-from just_distribute.executors.cluster_worker import START_TOPIC, run_on_worker
+from just_distribute.executors.cluster_worker import START_TOPIC, UPDATE_TOPIC, run_on_worker
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service.launch import on_stop
+from just_distribute.updates import TaskUpdates
 
 __all__ = ["SCATTER_BYTES", "ClusterExecutor", "adapt_client", "create", "stop_embedded"]
 
@@ -156,6 +161,7 @@ class ClusterExecutor(Executor):
         self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
         self._started_by_key: dict[str, ChunkFuture] = {}  # chunks not yet started
+        self._updates_by_key: dict[str, TaskUpdates] = {}  # chunks whose updates are wanted
         self._subscribed = False
         self._outcomes: queue.SimpleQueue[tuple[ChunkFuture, Any, str, bool, Any] | None] = (
             queue.SimpleQueue()
@@ -232,6 +238,21 @@ class ClusterExecutor(Executor):
                 fut.started_at = time.monotonic()
 
         client.subscribe_topic(START_TOPIC, on_start)
+        receivers = self._updates_by_key
+
+        def on_updates(event: Any) -> None:
+            key, worker, data = event[1]
+            receiver = receivers.get(key)
+            if receiver is None:
+                return
+            try:
+                records, dropped = _updates.decode(data)
+            except Exception as exc:  # a value whose class the caller cannot import
+                log.debug("updates of %s could not be read: %s", key, exc)
+                return
+            receiver.receive(worker, records, dropped)
+
+        client.subscribe_topic(UPDATE_TOPIC, on_updates)
 
     def _connect(self) -> Any:
         client = _connect.connect(self._address, self._tls, self._connect_timeout,
@@ -305,6 +326,8 @@ class ClusterExecutor(Executor):
         key = f"{_key_prefix(task.payload.name)}-{uuid.uuid4().hex}"
         fut.started_at = None  # set when the worker announces the start (see _subscribe)
         self._started_by_key[key] = fut  # before submitting: the start may be announced soon
+        if task.updates is not None:
+            self._updates_by_key[key] = task.updates
         try:
             dask_future = client.submit(
                 run_on_worker, payload, key_of_fn, data, task.stop_on_error,
@@ -312,6 +335,7 @@ class ClusterExecutor(Executor):
             )
         except BaseException:
             self._started_by_key.pop(key, None)
+            self._updates_by_key.pop(key, None)
             raise
         fut.dask_future = dask_future
         self._pending[id(dask_future)] = (dask_future, fut)
@@ -367,6 +391,7 @@ class ClusterExecutor(Executor):
             pending = list(self._pending.values())
             self._pending.clear()
             self._started_by_key.clear()
+            self._updates_by_key.clear()
             self._watcher = None
             ours = self._client is client
             if ours:
@@ -391,6 +416,15 @@ class ClusterExecutor(Executor):
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
         self._started_by_key.pop(dask_future.key, None)
+        # The chunk's live update events came before this outcome: a worker's events and its
+        # task's completion share its stream to the scheduler, and the scheduler's events and
+        # "key in memory" share the stream to this client, handled in order on its loop.
+        receiver = self._updates_by_key.pop(dask_future.key, None)
+        if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
+            value, worker, tail = value
+            if receiver is not None:
+                records, dropped = _updates.decode(tail)
+                receiver.receive(worker, records, dropped)
         if ok:
             try:
                 outcome = _wire.loads(value)

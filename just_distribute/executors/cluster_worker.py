@@ -5,19 +5,23 @@ Kept apart from the caller's side so that a worker imports only what it runs.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import threading
 import traceback
 from collections import OrderedDict
 from typing import Any
 
+from just_distribute import updates as _updates
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.chunk import run_chunk
 
-__all__ = ["START_TOPIC", "importable", "run_on_worker"]
+__all__ = ["START_TOPIC", "UPDATE_TOPIC", "importable", "run_on_worker"]
 
 #: The dask event topic on which a worker announces that it starts a chunk.
 START_TOPIC = "just-distribute-chunk-started"
+#: The dask event topic on which a worker sends the updates of a running chunk.
+UPDATE_TOPIC = "just-distribute-chunk-updates"
 _WORKER_CACHE_SIZE = 8
 _worker_cache: OrderedDict[str, Any] = OrderedDict()
 _worker_lock = threading.Lock()
@@ -54,18 +58,20 @@ def importable(names: list[str]) -> list[str]:
 def run_on_worker(
     payload: bytes, key: str, data: bytes, stop_on_error: bool, by_value: bool = False,
     versions: dict[str, str] | None = None,
-) -> bytes:
+) -> Any:
     """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
 
     ``by_value``: some of the code came by value; the outcome goes back with cloudpickle,
     so that the caller gets instances of its own classes back. ``versions``: the caller's
     (see :func:`.cluster_code.versions`); when this worker's differ, nothing is unpickled and
     the caller is told which.
+
+    Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
+    ``(outcome, worker name, updates)``: the last updates travel with the outcome.
     """
     from distributed import get_worker
 
     from just_distribute.executors.cluster_code import versions as here
-    from just_distribute.executors.process_main import _portable_result
 
     if versions is not None and versions != here():
         try:
@@ -83,6 +89,7 @@ def run_on_worker(
     except Exception:
         tb = traceback.format_exc()
         return _wire.dumps(("unloadable", None, tb))
+    outbox: _updates.Outbox | None = None
     try:
         worker = get_worker()
     except ValueError:
@@ -92,7 +99,22 @@ def run_on_worker(
         # Tell the caller the chunk starts now: its timeout= clock starts here, not when
         # the chunk was queued.
         worker.log_event(START_TOPIC, worker.get_current_task())
-    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True)
+        outbox = _updates.Outbox(functools.partial(
+            _send_updates, worker, str(worker.get_current_task())
+        ))
+    channel = outbox.channel if outbox is not None else None
+    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True, channel)
+    tail, dropped = outbox.close() if outbox is not None else ([], 0)
+    outcome = _pack(result, stop_on_error, by_value)
+    if tail or dropped:
+        # The last updates travel with the outcome: the sending thread has not sent them.
+        return (outcome, name, _updates.encode(tail, dropped))
+    return outcome
+
+
+def _pack(result: Any, stop_on_error: bool, by_value: bool) -> bytes:
+    from just_distribute.executors.process_main import _portable_result
+
     if by_value:
         import cloudpickle
 
@@ -101,3 +123,7 @@ def run_on_worker(
         except Exception:  # a result that cannot travel: described one by one below
             pass
     return _portable_result(result, stop_on_error)
+
+
+def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:
+    worker.log_event(UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped)))

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any, Protocol
 
@@ -24,9 +24,9 @@ from just_distribute.errors import (
     CallTimeoutError,
     ClusterUnreachableError,
     ReceiveError,
-    RemoteTraceback,
     SendError,
     WorkerLostError,
+    remote_traceback,
 )
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, RunScope, Task
 from just_distribute.executors.chunk import ChunkResult
@@ -34,7 +34,7 @@ from just_distribute.planning import Plan
 from just_distribute.report import RunReport
 from just_distribute.updates import UpdateSink
 
-__all__ = ["Checkpoint", "Progress", "execute"]
+__all__ = ["Checkpoint", "Progress", "Sink", "execute"]
 
 log = logging.getLogger("just_distribute")
 
@@ -44,8 +44,14 @@ _MAX_ADAPTIVE_CHUNK = 100_000
 _CHECKPOINT_PARTS = 100
 _CHECKPOINT_STREAM_CHUNK = 16
 _POLL = 0.5  # the longest single wait, so that every loop notices timeouts and signals
-#: Put in the queue of finished futures to wake the loop: updates are waiting.
+#: Put in the queue of finished futures to wake the loop: updates are waiting, or a feed
+#: has new calls.
 _WAKE: Future[Any] = Future()
+
+#: Receives each finished chunk instead of the caller: ``sink(start, values, errors)``, where
+#: ``errors`` lists the positions in ``values`` that hold an error returned in the call's
+#: place (``on_error="return"``). ``Pool`` routes values to their results this way.
+Sink = Callable[[int, list[Any], list[int]], None]
 
 
 class Progress(Protocol):
@@ -148,13 +154,16 @@ class _Sizer:
 
 
 class _Chunk:
-    __slots__ = ("attempts", "columns", "future", "isolate", "offset", "seq", "start", "values")
+    __slots__ = (
+        "attempts", "columns", "errors", "future", "isolate", "offset", "seq", "start", "values",
+    )
 
     def __init__(self, seq: int, start: int, columns: tuple[Any, ...]) -> None:
         self.seq = seq
         self.start = start
         self.columns = columns
         self.values: list[Any] = []
+        self.errors: list[int] = []  # positions in values that hold a returned error
         self.offset = 0  # calls of this chunk already settled
         self.attempts = 0  # failed attempts of the call at ``offset``
         self.isolate = False  # after a worker died: one call at a time, to name the culprit
@@ -176,7 +185,7 @@ def decorate_error(
 ) -> BaseException:
     """Attach the remote traceback and a note naming the failed call (and the roles)."""
     if tb is not None and exc.__cause__ is None:
-        exc.__cause__ = RemoteTraceback(tb)
+        exc.__cause__ = remote_traceback(tb)
     # One note, its second line the roles: the call's line stays the first and last note.
     note = f"just_distribute: raised by call {index}: {fn_name}({call})"
     if roles:
@@ -199,8 +208,10 @@ class _Run:
         report: RunReport | None,
         progress: Progress | None,
         checkpoint: Checkpoint | None,
+        sink: Sink | None = None,
     ) -> None:
         self.plan = plan
+        self.sink = sink
         self.options = options
         self.executor = executor
         self.ordered = ordered
@@ -235,20 +246,35 @@ class _Run:
 
     # -- submitting ------------------------------------------------------------------
     def submit(self, ch: _Chunk) -> None:
-        task = Task(
-            self.payload, ch.remaining(), self.stop_on_error, self.scope,
-            self.updates.receiver(ch.start + ch.offset),
-        )
-        try:
-            fut = self.executor.submit(task)
-        except SendError as exc:
-            if exc.at is not None:
-                at = ch.offset + exc.at
+        while True:
+            task = Task(
+                self.payload, ch.remaining(), self.stop_on_error, self.scope,
+                self.updates.receiver(ch.start + ch.offset),
+            )
+            try:
+                fut = self.executor.submit(task)
+                break
+            except SendError as exc:
+                if exc.at is not None:
+                    at = ch.offset + exc.at
+                    decorate_error(
+                        exc, None, ch.start + at, self.plan.name, self.describe(ch, at),
+                        self.plan.roles_note,
+                    )
+                if self.options.on_error != "return":
+                    raise
+                if not ch.isolate and ch.size - ch.offset > 1:
+                    ch.isolate = True  # one call at a time: only the culprit fails
+                    continue
+                # The call's error takes its place; the chunk goes on with the next call.
                 decorate_error(
-                    exc, None, ch.start + at, self.plan.name, self.describe(ch, at),
-                    self.plan.roles_note,
+                    exc, None, ch.start + ch.offset, self.plan.name,
+                    self.describe(ch, ch.offset), self.plan.roles_note,
                 )
-            raise
+                self.returned(ch, exc)
+                if ch.offset >= ch.size:
+                    self.settle(ch)
+                    return
         ch.future = fut
         self.pending[fut] = ch
         fut.add_done_callback(self.done.put)
@@ -261,6 +287,9 @@ class _Run:
                 self.checkpoint.store(ch.start, ch.columns, ch.values, updates)
             except Exception as exc:  # a full disk must not cost the results themselves
                 log.error("checkpoint: could not record calls from %d on: %s", ch.start, exc)
+        if self.sink is not None:
+            self.sink(ch.start, ch.values, ch.errors)
+            return
         self.finished[ch.seq] = ch.values
 
     def advance(self, ch: _Chunk) -> None:
@@ -294,11 +323,7 @@ class _Run:
                 self.submit(ch)
             return
         if o.on_error == "return":
-            ch.values.append(exc)
-            ch.offset += 1
-            ch.attempts = 0
-            if self.progress is not None:
-                self.progress.update(self.plan.weight(ch.columns, ch.offset - 1, 1))
+            self.returned(ch, exc)
             self.advance(ch)
             return
         if not self.ordered:
@@ -341,6 +366,7 @@ class _Run:
         base = ch.offset
         if not self.stop_on_error:
             for err in result.errors:
+                ch.errors.append(base + err.at)
                 decorate_error(
                     err.exc, err.tb, ch.start + base + err.at, self.plan.name,
                     self.describe(ch, base + err.at), self.plan.roles_note,
@@ -360,6 +386,15 @@ class _Run:
             self.failure(ch, err.exc, err.tb)
             return
         self.advance(ch)
+
+    def returned(self, ch: _Chunk, exc: BaseException) -> None:
+        """The call at ``ch.offset`` ends with ``exc`` as its value (``on_error="return"``)."""
+        ch.errors.append(len(ch.values))
+        ch.values.append(exc)
+        ch.offset += 1
+        ch.attempts = 0
+        if self.progress is not None:
+            self.progress.update(self.plan.weight(ch.columns, ch.offset - 1, 1))
 
     def check_timeouts(self) -> None:
         timeout = self.options.timeout
@@ -398,7 +433,11 @@ class _Run:
     # -- the loop --------------------------------------------------------------------
     def chunks(self) -> Iterator[list[Any]]:
         source = self.plan.chunks(self.sizer.next)
+        feed = self.plan.feed
+        if feed is not None:
+            feed.listen(lambda: self.done.put(_WAKE))
         exhausted = False
+        source_error: BaseException | None = None
         seq = next_out = 0
         self.updates.owner = threading.get_ident()  # a serial call's updates: at once
         try:
@@ -407,10 +446,24 @@ class _Run:
                     len(self.pending) + len(self.delayed) + len(self.finished) < self.window
                 ):
                     try:
-                        start, columns = next(source)
+                        item = next(source)
                     except StopIteration:
                         exhausted = True
                         break
+                    except Exception as exc:
+                        # The input itself raised: the results before it are still owed
+                        # (in order, they come out first), then its error.
+                        exhausted = True
+                        if self.ordered:
+                            if self.failed is None:
+                                self.failed = (seq, exc)
+                                self.finished[seq] = []
+                        else:
+                            source_error = exc
+                        break
+                    if item is None:  # a feed with no call waiting right now
+                        break
+                    start, columns = item
                     ch = _Chunk(seq, start, columns)
                     seq += 1
                     stored = (
@@ -444,16 +497,21 @@ class _Run:
                     for key in list(self.finished):
                         yield self.finished.pop(key)
                         yielded = True
-                if not self.pending and not self.delayed:
+                if not self.pending and not self.delayed and feed is None:
                     if exhausted and not self.finished:
                         self.updates.dispatch()
+                        if source_error is not None:
+                            raise source_error
                         return
                     continue
+                if exhausted and feed is not None and not self.pending and not self.delayed:
+                    self.updates.dispatch()
+                    return
                 if yielded and not exhausted and self.failed is None:
                     # Yielding made room in the window: fill it before waiting, or the
                     # workers idle until the next chunk comes back.
                     continue
-                if self.pending:
+                if self.pending or (feed is not None and not exhausted):
                     try:
                         fut = self.done.get(timeout=self.wait_time())
                     except queue.Empty:
@@ -492,18 +550,23 @@ def execute(
     report: RunReport | None = None,
     progress: Progress | None = None,
     checkpoint: Checkpoint | None = None,
+    sink: Sink | None = None,
 ) -> Iterator[list[Any]]:
     """Run ``plan`` on ``executor``, yielding the results chunk by chunk.
 
     In ``ordered`` mode the chunks come in input order, otherwise as they finish. At most
     ``options.max_in_flight`` chunks (default: a few per worker) are submitted or waiting
     to be yielded at any time, so a long input streams through in bounded memory.
+
+    With a ``sink``, each finished chunk goes to it (with the positions of the errors
+    returned as values) and nothing is yielded; the plan's ``feed``, if any, may then go
+    on supplying calls while the run goes on, until it is closed.
     """
     started = time.monotonic()
     try:
         yield from _Run(
             plan, options, executor, ordered=ordered, report=report, progress=progress,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, sink=sink,
         ).chunks()
     finally:
         if report is not None:

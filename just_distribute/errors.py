@@ -6,11 +6,15 @@ call. The classes below are for failures of just_distribute's own machinery: one
 cause, each message saying what to do about it::
 
     Exception
-     +-- RemoteTraceback            the worker's traceback, attached as __cause__
+     +-- RemoteTraceback            the worker's traceback, attached as __cause__ (the
+     |                              class of multiprocessing.pool, so code written for
+     |                              multiprocessing recognises it)
      +-- JustDistributeError        every failure of the machinery itself
           +-- WorkerLostError       a worker process died running a call (exit code, reason)
           +-- SendError (TypeError) a function or argument could not be sent to a worker
           +-- ReceiveError          a result could not be sent back or rebuilt here
+          |    +-- ResultEncodingError (multiprocessing.pool.MaybeEncodingError)
+          |                         Pool: a result the standard pickle cannot send
           +-- CallTimeoutError (TimeoutError)          a call ran past ``timeout=``
           +-- ClusterUnreachableError (ConnectionError) the dask scheduler did not answer
           +-- VersionMismatchError  client and cluster workers differ in Python or pickle libs
@@ -21,7 +25,9 @@ cause, each message saying what to do about it::
 
 from __future__ import annotations
 
+import multiprocessing.pool
 import signal
+from typing import TYPE_CHECKING
 
 __all__ = [
     "CallTimeoutError",
@@ -32,6 +38,7 @@ __all__ = [
     "PoolTerminatedError",
     "ReceiveError",
     "RemoteTraceback",
+    "ResultEncodingError",
     "SendError",
     "VersionMismatchError",
     "WorkerLostError",
@@ -42,15 +49,26 @@ class JustDistributeError(Exception):
     """Base class of every error raised by just_distribute's own machinery."""
 
 
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in another process, attached as ``__cause__``."""
+if TYPE_CHECKING:  # the standard library's stubs do not declare these two classes
 
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
+    class RemoteTraceback(Exception):
+        """The traceback of an exception raised in another process."""
 
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
+        tb: str
+
+        def __init__(self, tb: str) -> None: ...
+
+    _MaybeEncodingError = Exception
+else:
+    #: The traceback of an exception raised in another process, attached as ``__cause__``:
+    #: ``multiprocessing.pool.RemoteTraceback`` itself, its ``tb`` the text set off by quotes.
+    RemoteTraceback = multiprocessing.pool.RemoteTraceback
+    _MaybeEncodingError = multiprocessing.pool.MaybeEncodingError
+
+
+def remote_traceback(tb: str) -> BaseException:
+    """A :data:`RemoteTraceback` for the traceback text ``tb``, as multiprocessing makes it."""
+    return RemoteTraceback(f'\n"""\n{tb}"""')
 
 
 class WorkerLostError(JustDistributeError):
@@ -99,6 +117,27 @@ class SendError(JustDistributeError, TypeError):
 
 class ReceiveError(JustDistributeError):
     """A result could not be serialised in the worker or rebuilt in the caller."""
+
+
+class ResultEncodingError(ReceiveError, _MaybeEncodingError):
+    """A ``Pool`` call's result could not be pickled to be sent back.
+
+    As ``multiprocessing.pool.MaybeEncodingError`` (which it is): ``exc`` and ``value`` are
+    the ``repr`` of the pickling error and of the result. The pool goes on working.
+    """
+
+    def __init__(self, exc: object, value: object) -> None:
+        # Rebuilt from its args after travelling: they are the reprs already.
+        self.exc = exc if isinstance(exc, str) else repr(exc)
+        self.value = value if isinstance(value, str) else repr(value)
+        Exception.__init__(self, self.exc, self.value)
+
+    def __str__(self) -> str:
+        return (
+            f"the result of this call ({self.value}) cannot be pickled to be sent back: "
+            f"{self.exc}. Return plain data (numbers, strings, lists, dicts, arrays) instead "
+            f"of functions or objects bound to the worker process"
+        )
 
 
 class CallTimeoutError(JustDistributeError, TimeoutError):

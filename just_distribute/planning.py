@@ -13,7 +13,9 @@ import functools
 import inspect
 import itertools
 import reprlib
+import threading
 import typing
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,9 @@ from just_distribute.roles import (
     type_name,
 )
 
-__all__ = ["FunctionInfo", "Plan", "Role", "analyse", "annotation_role", "make_plan"]
+__all__ = [
+    "CallFeed", "FunctionInfo", "Plan", "Role", "analyse", "annotation_role", "make_plan",
+]
 
 _short = reprlib.Repr()
 _short.maxstring = 40
@@ -109,6 +113,84 @@ def cut_bounds(n: int, k: int) -> list[tuple[int, int]]:
     return bounds
 
 
+class CallFeed:
+    """A source of calls that others fill while the run goes on (``Pool.apply_async``).
+
+    :meth:`put` queues one call's argument and returns its index in the run; the engine
+    takes what is queued, as many calls as its next chunk holds, without waiting, and is
+    woken when a call arrives at an empty feed. The run ends once the feed is closed and
+    every call taken has finished.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._count = 0
+        self._closed = False
+        self._wake: Callable[[], None] | None = None
+
+    def put(self, item: Any) -> int:
+        """Queue a call with argument ``item``; its index in the run.
+
+        Raises:
+            ValueError: the feed is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise ValueError("this feed of calls is closed")
+            index = self._count
+            self._count += 1
+            self._items.append(item)
+            wake = self._wake if len(self._items) == 1 else None
+        if wake is not None:  # the engine took everything before: it may be waiting
+            wake()
+        return index
+
+    def close(self) -> tuple[int, list[Any]]:
+        """Take no more calls; return those queued and not yet taken (they will not run),
+        as ``(index of the first, items)``."""
+        with self._lock:
+            self._closed = True
+            start = self._count - len(self._items)
+            dropped, self._items = list(self._items), deque()
+            wake = self._wake
+        if wake is not None:
+            wake()
+        return start, dropped
+
+    def finish(self) -> None:
+        """Take no more calls; those queued still run."""
+        with self._lock:
+            self._closed = True
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    @property
+    def closed(self) -> bool:
+        """Whether it takes no more calls."""
+        return self._closed
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` whenever a call arrives at an empty feed, or it is closed."""
+        with self._lock:
+            self._wake = wake
+
+    def take(self, limit: int) -> tuple[int, list[Any]] | None:
+        """Up to ``limit`` queued calls as ``(index of the first, items)``, at once.
+
+        Returns ``None`` once the feed is closed and empty; ``items`` is empty when nothing
+        is queued right now.
+        """
+        with self._lock:
+            if not self._items:
+                return None if self._closed else (self._count, [])
+            n = min(limit, len(self._items))
+            start = self._count - len(self._items)
+            items = [self._items.popleft() for _ in range(n)]
+            return start, items
+
+
 @dataclass
 class Plan:
     """The calls of one invocation, as columns: one iterable per distributed parameter.
@@ -122,6 +204,7 @@ class Plan:
         total_units: elements to report progress in (calls, or batch elements).
         flatten: concatenate per-call results.
         roles_note: each distributed parameter's role and why, for error notes.
+        feed: the source of the calls instead of ``columns``, while a run goes on.
     """
 
     fn: Callable[..., Any]
@@ -133,9 +216,19 @@ class Plan:
     total_units: int | None = None
     flatten: bool = False
     roles_note: str = ""
+    feed: CallFeed | None = None
 
-    def chunks(self, next_size: Callable[[], int]) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        """Yield ``(index of first call, columns of the chunk)``, asking for each size."""
+    def chunks(
+        self, next_size: Callable[[], int]
+    ) -> Iterator[tuple[int, tuple[Any, ...]] | None]:
+        """Yield ``(index of first call, columns of the chunk)``, asking for each size.
+
+        With a :attr:`feed`, ``None`` means that no call is waiting right now.
+        """
+        if self.feed is not None:
+            while (taken := self.feed.take(next_size())) is not None:
+                yield (taken[0], (taken[1],)) if taken[1] else None
+            return
         start = 0
         if self.n is not None and all(_sliceable(c) for c in self.columns):
             while start < self.n:

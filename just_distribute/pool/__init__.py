@@ -3,7 +3,8 @@
 - :mod:`~just_distribute.pool.pool`: the :class:`Pool` class;
 - :mod:`~just_distribute.pool.support`: async results, the callback thread, the call
   adapters of ``starmap`` and ``apply``, the executor wrapper that ``terminate()`` uses;
-- :mod:`~just_distribute.pool.stream`: what ``imap`` reads from.
+- :mod:`~just_distribute.pool.stream`: what ``imap`` reads from;
+- :mod:`~just_distribute.pool.feed`: ``apply_async`` calls fed to the engine.
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ Differences worth knowing, each deliberate:
   flight (the standard library reads the whole input at once). Their default ``chunksize``
   is chosen by the engine from measured call times instead of 1.
 - ``imap`` yields the results before a failed call, then raises its error and ends: the
-  calls still in flight are cancelled.
+  calls still in flight are cancelled. ``map`` lets every call run, then raises the error
+  of the first one that failed, as the standard library does.
 - ``apply_async`` calls made while the workers are busy travel to them together, so a loop
-  of thousands of them costs few round trips (see :mod:`just_distribute._pool_apply`).
+  of thousands of them costs few round trips (see :mod:`just_distribute.pool.feed`); with
+  ``maxtasksperchild`` each travels alone, so that a task is one call, as in the standard
+  library.
 - ``terminate()`` fails every pending result with :class:`PoolTerminatedError` instead of
   leaving it unready forever, and stops the calls still running where the job can (worker
   processes are killed; threads cannot be).
@@ -27,20 +30,21 @@ Differences worth knowing, each deliberate:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from just_distribute.calls import adapt
 from just_distribute.config import Options, ProgressOption, resolve_options
-from just_distribute.engine import decorate_error, execute
-from just_distribute.executors import Payload, executor_for, owned_executor
+from just_distribute.engine import execute
+from just_distribute.errors import JustDistributeError, SendError
+from just_distribute.executors import executor_for, owned_executor
 from just_distribute.executors.base import is_async
 from just_distribute.planning import Plan, short_repr
-from just_distribute.pool.apply import ApplyQueue
+from just_distribute.pool.feed import ApplyRuns
 from just_distribute.pool.stream import IMapIterator, InlineStream, Stream, produce
 from just_distribute.pool.support import (
     JOIN_TIMEOUT,
@@ -48,6 +52,7 @@ from just_distribute.pool.support import (
     AsyncApply,
     AsyncResult,
     AsyncStar,
+    Checked,
     Notifier,
     OwnedExecutor,
     PoolTerminatedError,
@@ -55,14 +60,14 @@ from just_distribute.pool.support import (
     terminated,
 )
 from just_distribute.progress import make_progress
-from just_distribute.updates import Update, UpdateSink
+from just_distribute.updates import Update
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool", "PoolTerminatedError"]
 
 log = logging.getLogger("just_distribute")
 
 T = TypeVar("T")
-_PAYLOAD_CACHE = 32  # functions whose apply() payload is kept (each is sent once per worker)
+_TARGET_CACHE = 32  # functions whose wrapped apply() target is kept
 
 
 def _check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -80,6 +85,24 @@ def _check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]
 
 def _name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+
+
+def stdlib_error(exc: BaseException) -> BaseException:
+    """The error ``multiprocessing.Pool`` would raise for one of the machinery's.
+
+    An argument (or function) that cannot be pickled raises the pickling error itself, with
+    the explanation of the :class:`SendError` as a note.
+    """
+    cause = exc.__cause__
+    if isinstance(exc, SendError) and cause is not None and not isinstance(
+        cause, JustDistributeError
+    ):
+        notes = getattr(cause, "__notes__", ())
+        for note in (f"just_distribute: {exc}", *getattr(exc, "__notes__", ())):
+            if note not in notes:
+                cause.add_note(note)
+        return cause
+    return exc
 
 
 class Pool:
@@ -167,15 +190,14 @@ class Pool:
             inner, self._native = executor_for(options)
         self._executor = OwnedExecutor(inner, owned)
         self._processes = inner.workers
+        self._max_tasks = inner.max_tasks
         self._state = "RUN"
         self._cond = threading.Condition()
         self._active = 0
         self._streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self._notifier = Notifier()
-        self._payloads: dict[Callable[..., Any], Payload] = {}
-        self._applies = ApplyQueue(
-            self._executor, self._notifier, _note_call, UpdateSink("apply", on_update=on_update)
-        )
+        self._targets: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self._applies = ApplyRuns(self._executor, self._notifier, stdlib_error)
         self._finalizer = weakref.finalize(
             self, _finalize, self._executor, self._notifier, self._applies
         )
@@ -185,6 +207,15 @@ class Pool:
             f"<just_distribute.Pool state={self._state} job={self._executor.name} "
             f"workers={self._processes}>"
         )
+
+    def __del__(self) -> None:
+        # As the standard library's: a pool dropped while running leaks its workers until
+        # the collector gets to it (the finalizer then stops them).
+        if getattr(self, "_state", None) == "RUN":
+            warnings.warn(
+                f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                stacklevel=2, source=self,
+            )
 
     def __reduce__(self) -> Any:
         raise NotImplementedError(
@@ -208,24 +239,28 @@ class Pool:
 
     def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
         o = self._options
-        return adapt(func, self._executor, o.initializer, o.initargs, self._native)
+        fn = adapt(func, self._executor, o.initializer, o.initargs, self._native)
+        if self._executor.remote and not is_async(fn):
+            fn = Checked(fn)  # a result the standard pickle cannot send: MaybeEncodingError
+        return fn
 
-    def _apply_payload(self, func: Callable[..., Any]) -> Payload:
-        """The payload of ``apply`` calls of ``func``: made, and sent to a worker, once."""
+    def _apply_target(self, func: Callable[..., Any]) -> tuple[Any, Callable[..., Any]]:
+        """The key of ``func``'s apply run and the callable that runs one of its calls."""
         with self._cond:
             try:
-                payload = self._payloads.get(func)
-            except TypeError:  # unhashable callable: no caching
-                payload = None
-        if payload is None:
-            target = self._wrap(func)
-            payload = Payload(AsyncApply(target) if is_async(target) else Apply(target),
-                              _name(func))
-            with self._cond, contextlib.suppress(TypeError):
-                if len(self._payloads) >= _PAYLOAD_CACHE:
-                    del self._payloads[next(iter(self._payloads))]
-                self._payloads[func] = payload
-        return payload
+                target = self._targets.get(func)
+                key: Any = func
+            except TypeError:  # unhashable callable: a run of its own for each call
+                target, key = None, object()
+        if target is None:
+            wrapped = self._wrap(func)
+            target = AsyncApply(wrapped) if is_async(wrapped) else Apply(wrapped)
+            if key is func:
+                with self._cond:
+                    if len(self._targets) >= _TARGET_CACHE:
+                        del self._targets[next(iter(self._targets))]
+                    self._targets[func] = target
+        return key, target
 
     def _plan(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool,
               materialize: bool) -> Plan:
@@ -247,17 +282,43 @@ class Pool:
         display = make_progress(progress, plan.total_units, plan.name, "call")
         return execute(plan, options, self._executor, ordered=ordered, progress=display)
 
+    def _collect(self, plan: Plan, chunksize: int | None, progress: ProgressOption) -> list[Any]:
+        """Run every call of a ``map``, then raise the first failure, as the stdlib does.
+
+        The engine returns each error in its call's place (``on_error="return"``), so a
+        failed call stops nothing else; retries still apply first.
+        """
+        n = plan.n or 0
+        values: list[Any] = [None] * n
+        first: list[tuple[int, BaseException]] = []
+
+        def sink(start: int, part: list[Any], errors: list[int]) -> None:
+            values[start : start + len(part)] = part
+            if errors and (not first or start + errors[0] < first[0][0]):
+                first[:] = [(start + errors[0], part[errors[0]])]
+
+        if n:
+            options = self._options.replace(chunksize=chunksize, on_error="return")
+            display = make_progress(progress, plan.total_units, plan.name, "call")
+            for _ in execute(plan, options, self._executor, progress=display, sink=sink):
+                pass
+        if first:
+            values.clear()
+            raise stdlib_error(first[0][1])
+        return values
+
     # -- map and starmap -------------------------------------------------------------
     def _map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None,
              star: bool, progress: ProgressOption) -> list[Any]:
         plan = self._plan(func, iterable, star, materialize=True)
         self._begin()
         try:
-            values: list[Any] = []
-            if plan.n:
-                for part in self._run(plan, chunksize, True, progress):
-                    values.extend(part)
-            return values
+            return self._collect(plan, chunksize, progress)
+        except BaseException as exc:
+            translated = stdlib_error(exc)
+            if translated is exc:
+                raise
+            raise translated from None  # the pickling error itself, as the stdlib raises
         finally:
             self._release()
 
@@ -268,16 +329,13 @@ class Pool:
         plan = self._plan(func, iterable, star, materialize=True)
         self._begin()
         result: AsyncResult[list[Any]] = AsyncResult(self, callback, error_callback)
-        run = self._run(plan, chunksize, True, progress) if plan.n else iter(())
         notifier = self._notifier
 
         def drive() -> None:
-            values: list[Any] = []
             try:
-                for part in run:
-                    values.extend(part)
+                values = self._collect(plan, chunksize, progress)
             except BaseException as exc:
-                notifier.post(result, None, exc)
+                notifier.post(result, None, stdlib_error(exc))
             else:
                 notifier.post(result, values, None)
 
@@ -380,10 +438,15 @@ class Pool:
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__} {func!r}")
         call_args, call_kwds = _check_apply(args, kwds)
-        payload = self._apply_payload(func)
+        key, target = self._apply_target(func)
         self._begin()
         result: AsyncResult[T] = AsyncResult(self, callback, error_callback)
-        self._applies.put(payload, (call_args, call_kwds), result)
+        # Each call's error is its own (returned in its place, not raised for the run);
+        # a task is one call where workers are recycled after maxtasksperchild tasks.
+        options = self._options.replace(
+            on_error="return", chunksize=1 if self._max_tasks is not None else None
+        )
+        self._applies.put(key, target, _name(func), (call_args, call_kwds), options, result)
         return result
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
@@ -445,11 +508,7 @@ class Pool:
         self.terminate()
 
 
-def _note_call(exc: BaseException, tb: str | None, name: str, call: str) -> BaseException:
-    return decorate_error(exc, tb, 0, name, call)
-
-
-def _finalize(executor: OwnedExecutor, notifier: Notifier, applies: ApplyQueue) -> None:
+def _finalize(executor: OwnedExecutor, notifier: Notifier, applies: ApplyRuns) -> None:
     """Release a pool's workers (terminate(), join(), garbage collection, exit)."""
     applies.close()
     executor.fail_all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ __all__ = [
     "PoolTerminatedError",
     "Star",
     "AsyncStar",
+    "Checked",
     "terminated",
 ]
 
@@ -90,6 +92,35 @@ class AsyncApply(Apply):
 
     async def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
         return await self.fn(*call[0], **call[1])
+
+
+#: Results of these types always pickle: no need to try.
+_PLAIN: frozenset[type] = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+class Checked:
+    """``fn(*args)``, whose result must pickle with the standard pickle, as in multiprocessing.
+
+    The transport would send what only dill can pickle (a lambda, say); the standard
+    library refuses it with ``MaybeEncodingError``, and so does a pool. Checked in the worker,
+    so that the error is the call's own and the pool keeps working.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        value = self.fn(*args, **kwargs)
+        if type(value) not in _PLAIN:
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                from just_distribute.errors import ResultEncodingError
+
+                raise ResultEncodingError(exc, value) from None
+        return value
 
 
 class _Mirror(ChunkFuture):
@@ -254,6 +285,7 @@ def _notify_loop(
 ) -> None:
     while (item := q.get()) is not None:
         item[0]._deliver(item[1], item[2])
+        item = None  # not kept alive while waiting for the next one
 
 
 class AsyncResult(Generic[T]):

@@ -291,6 +291,12 @@ class Executor(abc.ABC):
         """Stop caring about ``future``: cancel it if queued, stop it if the backend can."""
         future.cancel()
 
+    def stop(self, futures: Sequence[ChunkFuture]) -> None:
+        """Stop these chunks for good (``Pool.terminate``): drop the queued ones, stop the
+        running ones where the backend can. The default abandons each."""
+        for future in futures:
+            self.abandon(future)
+
     def shutdown(self, wait: bool = True) -> None:  # noqa: B027 - optional hook
         """Release the workers. The registry calls this at interpreter exit."""
 

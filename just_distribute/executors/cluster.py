@@ -53,6 +53,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import InvalidStateError
 from typing import Any
 
@@ -89,6 +90,11 @@ SCATTER_BYTES = 16 * 1024
 _import_distributed = _connect.import_distributed
 #: Seconds between two checks that the scheduler still answers, while chunks are out.
 _WATCH_EVERY = 1.0
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Run on each worker: the keys of the tasks its threads are running now."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
 
 
 # -- the caller side ----------------------------------------------------------------------
@@ -412,6 +418,9 @@ class ClusterExecutor(Executor):
                 self._settle(*item)
             except BaseException as exc:  # the settler must survive, the chunk must end
                 _set(fut, None, exc)
+            # Not kept alive (with its results) while waiting for the next outcome.
+            del fut
+            item = None
 
     def _settle(self, fut: ChunkFuture, dask_future: Any, name: str, ok: bool, value: Any) -> None:
         self._pending.pop(id(dask_future), None)
@@ -464,6 +473,35 @@ class ClusterExecutor(Executor):
         if isinstance(future, _DaskChunkFuture) and future.dask_future is not None:
             future.dask_future.cancel()
         future.cancel()
+
+    def stop(self, futures: Sequence[ChunkFuture]) -> None:
+        """Cancel the chunks' dask tasks, and restart the workers still running them.
+
+        A dask worker cannot interrupt a task's thread: cancelled, a running task would go
+        on occupying its worker (``sleep(300)`` for 300 s) and hold up whoever comes next.
+        Its nanny starts a fresh worker process instead.
+        """
+        ours = {
+            f.dask_future.key
+            for f in futures
+            if isinstance(f, _DaskChunkFuture) and f.dask_future is not None
+        }
+        client = self._client
+        busy: list[str] = []
+        if ours and client is not None:
+            try:
+                executing = client.run(_executing_keys)
+                busy = [w for w, keys in executing.items() if ours.intersection(keys)]
+            except Exception as exc:  # best effort: the cluster may be gone already
+                log.debug("asking the workers what they run: %s", exc)
+        for future in futures:
+            self.abandon(future)
+        if busy:
+            log.info("restarting %d dask worker(s) that ran stopped chunks", len(busy))
+            try:
+                client.restart_workers(busy, timeout=60, raise_for_error=False)
+            except Exception as exc:
+                log.warning("could not restart the dask workers %s: %s", busy, exc)
 
     def check_nesting(self) -> bool:
         """True inside a cluster task or any dask worker: nested calls run serially there."""

@@ -230,6 +230,10 @@ class _Worker:
                 if nxt is not None and self._send(nxt):
                     sent = nxt[3]
             self._deliver(reply, fut)
+            # This thread may wait long for its next chunk: it must not keep this one's
+            # results (the future holds them) alive meanwhile.
+            del fut, reply
+            item = nxt = None
             if retire:
                 # maxtasksperchild: a planned exit, not a crash; the next chunk that comes
                 # to this feeder starts a fresh process.

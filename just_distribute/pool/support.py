@@ -229,10 +229,9 @@ class OwnedExecutor(Executor):
         for fut in live:
             with contextlib.suppress(InvalidStateError):
                 fut.set_exception(terminated())
-            if fut.inner is not None:
-                # Queued chunks are dropped; running ones are stopped where the backend
-                # can (a worker process is killed), instead of running on after the end.
-                self.inner.abandon(fut.inner)
+        # Queued chunks are dropped; running ones are stopped where the backend can (a
+        # worker process is killed, a dask worker restarted), instead of running on.
+        self.inner.stop([fut.inner for fut in live if fut.inner is not None])
 
     def shutdown(self, wait: bool = True) -> None:
         """Shut the backend down, once, if the pool made it."""

@@ -94,7 +94,8 @@ _WATCH_EVERY = 1.0
 
 def _executing_keys(dask_worker: Any) -> list[str]:
     """Run on each worker: the keys of the tasks its threads are running now."""
-    return [str(ts.key) for ts in dask_worker.state.executing]
+    state = dask_worker.state
+    return [str(ts.key) for ts in (*state.executing, *state.long_running)]
 
 
 # -- the caller side ----------------------------------------------------------------------
@@ -486,16 +487,17 @@ class ClusterExecutor(Executor):
             for f in futures
             if isinstance(f, _DaskChunkFuture) and f.dask_future is not None
         }
+        for future in futures:
+            self.abandon(future)
         client = self._client
         busy: list[str] = []
         if ours and client is not None:
             try:
+                # Asked after cancelling: a cancelled task still running stays listed.
                 executing = client.run(_executing_keys)
                 busy = [w for w, keys in executing.items() if ours.intersection(keys)]
             except Exception as exc:  # best effort: the cluster may be gone already
                 log.debug("asking the workers what they run: %s", exc)
-        for future in futures:
-            self.abandon(future)
         if busy:
             log.info("restarting %d dask worker(s) that ran stopped chunks", len(busy))
             try:

@@ -209,6 +209,10 @@ class OwnedExecutor(Executor):
             self._forget(outer)
             raise
         outer.follow(inner)
+        with self._lock:
+            late = self._terminated
+        if late:  # terminate() ran while this chunk was on its way: it did not see it
+            self.inner.stop([inner])
         return outer
 
     def _forget(self, fut: Future[ChunkResult]) -> None:

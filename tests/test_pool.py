@@ -481,3 +481,4 @@ def test_maxtasksperchild_replaces_worker_processes_on_compute(tmp_path: Path) -
     starts = [path.name.split("-", 1)[0] for path in tmp_path.iterdir()]
     assert set(map(str, pids)) <= set(starts)
     assert len(starts) == len(set(starts))
+

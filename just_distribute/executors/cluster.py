@@ -92,10 +92,14 @@ _import_distributed = _connect.import_distributed
 _WATCH_EVERY = 1.0
 
 
-def _executing_keys(dask_worker: Any) -> list[str]:
-    """Run on each worker: the keys of the tasks its threads are running now."""
-    state = dask_worker.state
-    return [str(ts.key) for ts in (*state.executing, *state.long_running)]
+#: The states of a task on a dask worker whose thread runs it (cancelled: while running).
+_RUNNING_STATES = frozenset({"executing", "long-running", "cancelled", "resumed"})
+
+
+def _task_states(keys: list[str], dask_worker: Any) -> list[str]:
+    """Run on each worker: the states of those of ``keys`` that it holds."""
+    tasks = dask_worker.state.tasks
+    return [tasks[key].state for key in keys if key in tasks]
 
 
 # -- the caller side ----------------------------------------------------------------------
@@ -490,18 +494,31 @@ class ClusterExecutor(Executor):
         for future in futures:
             self.abandon(future)
         client = self._client
-        busy: list[str] = []
+        busy: set[str] = set()
         if ours and client is not None:
+            # Asked after cancelling: a cancelled task still running stays listed (as
+            # "cancelled"), one on its way to a worker may still start. Ask until no task
+            # of ours is waiting anywhere, for a few seconds at most.
+            deadline = time.monotonic() + 3
             try:
-                # Asked after cancelling: a cancelled task still running stays listed.
-                executing = client.run(_executing_keys)
-                busy = [w for w, keys in executing.items() if ours.intersection(keys)]
+                while True:
+                    states = client.run(_task_states, sorted(ours))
+                    waiting = False
+                    for worker, found in states.items():
+                        for state in found:
+                            if state in _RUNNING_STATES:
+                                busy.add(worker)
+                            else:
+                                waiting = True
+                    if not waiting or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
             except Exception as exc:  # best effort: the cluster may be gone already
                 log.debug("asking the workers what they run: %s", exc)
         if busy:
             log.info("restarting %d dask worker(s) that ran stopped chunks", len(busy))
             try:
-                client.restart_workers(busy, timeout=60, raise_for_error=False)
+                client.restart_workers(sorted(busy), timeout=60, raise_for_error=False)
             except Exception as exc:
                 log.warning("could not restart the dask workers %s: %s", busy, exc)
 

@@ -130,6 +130,8 @@ class Pool:
         maxtasksperchild: on compute, replace a worker process after it has run this many
             tasks (a task is a chunk, as in ``multiprocessing``: pass ``chunksize=1`` to count
             calls), for code that leaks memory; other jobs log that it is ignored.
+        context: accepted for compatibility and unused: compute workers are always fresh
+            interpreters (as with the ``"spawn"`` context).
         job: where calls run: ``"compute"``, ``"io"``, ``"web"``, ``"cluster"``,
             ``"serial"``, or a ``concurrent.futures.Executor`` or dask ``Client`` (used as
             it is and not shut down by the pool).
@@ -156,6 +158,7 @@ class Pool:
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
+        context: object | None = None,
         *,
         job: Any = "compute",
         address: str | None = None,
@@ -443,9 +446,8 @@ class Pool:
         result: AsyncResult[T] = AsyncResult(self, callback, error_callback)
         # Each call's error is its own (returned in its place, not raised for the run);
         # a task is one call where workers are recycled after maxtasksperchild tasks.
-        options = self._options.replace(
-            on_error="return", chunksize=1 if self._max_tasks is not None else None
-        )
+        one = 1 if self._max_tasks is not None else self._options.chunksize
+        options = self._options.replace(on_error="return", chunksize=one)
         self._applies.put(key, target, _name(func), (call_args, call_kwds), options, result)
         return result
 

@@ -19,7 +19,8 @@ Differences worth knowing, each deliberate:
   library.
 - ``terminate()`` fails every pending result with :class:`PoolTerminatedError` instead of
   leaving it unready forever, and stops the calls still running where the job can (worker
-  processes are killed; threads cannot be).
+  processes are killed, dask workers running a stopped task are restarted; threads cannot
+  be stopped, but they are daemon threads and do not hold up the interpreter's exit).
 - On process jobs (compute, cluster) the ``initializer`` runs before the first call in
   each worker process, with the globals of a ``__main__`` script shared with the
   functions, so ``global model; model = load()`` works as it does with ``multiprocessing``.
@@ -194,6 +195,12 @@ class Pool:
         self._executor = OwnedExecutor(inner, owned)
         self._processes = inner.workers
         self._max_tasks = inner.max_tasks
+        # apply: each call's error is its own (returned in its place, not raised for the
+        # run); a task is one call where workers are recycled after maxtasksperchild tasks.
+        self._apply_options = options.replace(
+            on_error="return",
+            chunksize=1 if self._max_tasks is not None else options.chunksize,
+        )
         self._state = "RUN"
         self._cond = threading.Condition()
         self._active = 0
@@ -444,11 +451,9 @@ class Pool:
         key, target = self._apply_target(func)
         self._begin()
         result: AsyncResult[T] = AsyncResult(self, callback, error_callback)
-        # Each call's error is its own (returned in its place, not raised for the run);
-        # a task is one call where workers are recycled after maxtasksperchild tasks.
-        one = 1 if self._max_tasks is not None else self._options.chunksize
-        options = self._options.replace(on_error="return", chunksize=one)
-        self._applies.put(key, target, _name(func), (call_args, call_kwds), options, result)
+        self._applies.put(
+            key, target, _name(func), (call_args, call_kwds), self._apply_options, result
+        )
         return result
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),

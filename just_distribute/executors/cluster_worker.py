@@ -105,14 +105,16 @@ def run_on_worker(
     channel = outbox.channel if outbox is not None else None
     result = run_chunk(fn, columns, stop_on_error, name, "cluster", True, channel)
     tail, dropped = outbox.close() if outbox is not None else ([], 0)
-    outcome = _pack(result, stop_on_error, by_value)
+    # A Pool's function asks for results the standard pickle takes (MaybeEncodingError).
+    strict = getattr(fn, "standard_pickle_results", False)
+    outcome = _pack(result, stop_on_error, by_value and not strict, strict)
     if tail or dropped:
         # The last updates travel with the outcome: the sending thread has not sent them.
         return (outcome, name, _updates.encode(tail, dropped))
     return outcome
 
 
-def _pack(result: Any, stop_on_error: bool, by_value: bool) -> bytes:
+def _pack(result: Any, stop_on_error: bool, by_value: bool, strict: bool = False) -> bytes:
     from just_distribute.executors.process_main import _portable_result
 
     if by_value:
@@ -122,7 +124,7 @@ def _pack(result: Any, stop_on_error: bool, by_value: bool) -> bytes:
             return bytes(cloudpickle.dumps(("ok", result)))
         except Exception:  # a result that cannot travel: described one by one below
             pass
-    return _portable_result(result, stop_on_error)
+    return _portable_result(result, stop_on_error, strict)
 
 
 def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:

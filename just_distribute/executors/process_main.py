@@ -30,18 +30,20 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def _portable_result(result: Any, stop_on_error: bool) -> bytes:
+def _portable_result(result: Any, stop_on_error: bool, strict: bool = False) -> bytes:
     """Pickle an outcome; replace what cannot be pickled by a description of it.
 
     A result that cannot be sent back becomes the error of its own call (a
     :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
+    ``strict`` (a ``Pool``'s function says ``standard_pickle_results``): results must pickle
+    with the standard pickle, as in ``multiprocessing``; dill is not tried for them.
     """
-    from just_distribute.errors import ReceiveError
+    from just_distribute.errors import ReceiveError, ResultEncodingError
     from just_distribute.executors.chunk import CallError, ChunkResult
-    from just_distribute.executors.wire import dumps, loads
+    from just_distribute.executors.wire import PROTOCOL, dumps, loads
 
     try:
-        data = dumps(("ok", result))
+        data = pickle.dumps(("ok", result), PROTOCOL) if strict else dumps(("ok", result))
         for err in result.errors:
             # An exception whose __init__ takes other arguments than it passes to
             # Exception pickles, but cannot be rebuilt: that would cost the whole chunk.
@@ -60,7 +62,16 @@ def _portable_result(result: Any, stop_on_error: bool) -> bytes:
     stand_ins = {e.at: e.exc for e in errors}
     values = [stand_ins.get(i, v) for i, v in enumerate(result.values)]
     for i, value in enumerate(values):
-        if i not in stand_ins and not _picklable(value):
+        if i in stand_ins:
+            continue
+        if strict:
+            try:
+                pickle.dumps(value, PROTOCOL)
+            except Exception as exc:
+                values[i] = ResultEncodingError(exc, value)
+                errors.append(CallError(i, values[i], None))
+                continue
+        if not _picklable(value):
             values[i] = ReceiveError(
                 f"the result of this call ({type(value).__qualname__}) cannot be sent back "
                 f"to the caller: {_why(value)}. Return plain data (numbers, strings, lists, "
@@ -170,7 +181,8 @@ def main() -> None:
             tail, dropped = outbox.drain()
             if tail or dropped:  # before the outcome: the last values arrive first
                 _send_updates(conn, tail, dropped)
-            send_frame(conn, _portable_result(result, stop_on_error))
+            strict = getattr(fn, "standard_pickle_results", False)  # a Pool's function
+            send_frame(conn, _portable_result(result, stop_on_error, strict))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break
     conn.close()

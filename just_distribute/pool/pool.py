@@ -249,10 +249,11 @@ class Pool:
 
     def _wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
         o = self._options
-        fn = adapt(func, self._executor, o.initializer, o.initargs, self._native)
-        if self._executor.remote and not is_async(fn):
-            fn = Checked(fn)  # a result the standard pickle cannot send: MaybeEncodingError
-        return fn
+        return adapt(func, self._executor, o.initializer, o.initargs, self._native)
+
+    def _strict(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Where results travel, only what the standard pickle takes (MaybeEncodingError)."""
+        return Checked(fn) if self._executor.remote and not is_async(fn) else fn
 
     def _apply_target(self, func: Callable[..., Any]) -> tuple[Any, Callable[..., Any]]:
         """The key of ``func``'s apply run and the callable that runs one of its calls."""
@@ -264,7 +265,7 @@ class Pool:
                 target, key = None, object()
         if target is None:
             wrapped = self._wrap(func)
-            target = AsyncApply(wrapped) if is_async(wrapped) else Apply(wrapped)
+            target = AsyncApply(wrapped) if is_async(wrapped) else self._strict(Apply(wrapped))
             if key is func:
                 with self._cond:
                     if len(self._targets) >= _TARGET_CACHE:
@@ -283,6 +284,7 @@ class Pool:
         fn = self._wrap(func)
         if star:
             fn = AsyncStar(fn) if is_async(fn) else Star(fn)
+        fn = self._strict(fn)
         n = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         return Plan(fn, _name(func), ["args" if star else "item"], [iterable], n, total_units=n)
 

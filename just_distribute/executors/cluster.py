@@ -497,9 +497,10 @@ class ClusterExecutor(Executor):
         busy: set[str] = set()
         if ours and client is not None:
             # Asked after cancelling: a cancelled task still running stays listed (as
-            # "cancelled"), one on its way to a worker may still start. Ask until no task
-            # of ours is waiting anywhere, for a few seconds at most.
-            deadline = time.monotonic() + 3
+            # "cancelled"). A task just submitted may still be on its way (the submission
+            # travels on another connection than the cancellation) and start: ask for a
+            # second at least, and until no task of ours waits anywhere (3 s at most).
+            started = time.monotonic()
             try:
                 while True:
                     states = client.run(_task_states, sorted(ours))
@@ -510,7 +511,8 @@ class ClusterExecutor(Executor):
                                 busy.add(worker)
                             else:
                                 waiting = True
-                    if not waiting or time.monotonic() > deadline:
+                    elapsed = time.monotonic() - started
+                    if (not waiting and elapsed > 1) or elapsed > 3:
                         break
                     time.sleep(0.1)
             except Exception as exc:  # best effort: the cluster may be gone already

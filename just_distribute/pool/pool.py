@@ -41,10 +41,9 @@ from typing import Any, TypeVar
 from just_distribute.calls import adapt
 from just_distribute.config import Options, ProgressOption, resolve_options
 from just_distribute.engine import execute
-from just_distribute.errors import JustDistributeError, SendError
 from just_distribute.executors import executor_for, owned_executor
 from just_distribute.executors.base import is_async
-from just_distribute.planning import Plan, short_repr
+from just_distribute.planning import Plan
 from just_distribute.pool.feed import ApplyRuns
 from just_distribute.pool.stream import IMapIterator, InlineStream, Stream, produce
 from just_distribute.pool.support import (
@@ -58,6 +57,8 @@ from just_distribute.pool.support import (
     OwnedExecutor,
     PoolTerminatedError,
     Star,
+    check_apply,
+    stdlib_error,
     terminated,
 )
 from just_distribute.progress import make_progress
@@ -71,39 +72,8 @@ T = TypeVar("T")
 _TARGET_CACHE = 32  # functions whose wrapped apply() target is kept
 
 
-def _check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if not isinstance(args, (tuple, list)):
-        raise TypeError(
-            f"apply(): args must be a tuple of positional arguments, got "
-            f"{type(args).__name__} {short_repr(args)}; write args=({short_repr(args)},)"
-        )
-    if kwds is None:
-        kwds = {}
-    if not isinstance(kwds, Mapping):
-        raise TypeError(f"apply(): kwds must be a dict of keyword arguments, got {kwds!r}")
-    return tuple(args), dict(kwds)
-
-
 def _name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-
-
-def stdlib_error(exc: BaseException) -> BaseException:
-    """The error ``multiprocessing.Pool`` would raise for one of the machinery's.
-
-    An argument (or function) that cannot be pickled raises the pickling error itself, with
-    the explanation of the :class:`SendError` as a note.
-    """
-    cause = exc.__cause__
-    if isinstance(exc, SendError) and cause is not None and not isinstance(
-        cause, JustDistributeError
-    ):
-        notes = getattr(cause, "__notes__", ())
-        for note in (f"just_distribute: {exc}", *getattr(exc, "__notes__", ())):
-            if note not in notes:
-                cause.add_note(note)
-        return cause
-    return exc
 
 
 class Pool:
@@ -449,7 +419,7 @@ class Pool:
         """
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__} {func!r}")
-        call_args, call_kwds = _check_apply(args, kwds)
+        call_args, call_kwds = check_apply(args, kwds)
         key, target = self._apply_target(func)
         self._begin()
         result: AsyncResult[T] = AsyncResult(self, callback, error_callback)

@@ -13,14 +13,15 @@ import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from just_distribute.calls import Initialized
-from just_distribute.errors import PoolTerminatedError
+from just_distribute.errors import JustDistributeError, PoolTerminatedError, SendError
 from just_distribute.executors import ChunkFuture, Executor, Task
 from just_distribute.executors.chunk import ChunkResult
+from just_distribute.planning import short_repr
 
 if TYPE_CHECKING:
     from just_distribute.pool.pool import Pool
@@ -35,6 +36,8 @@ __all__ = [
     "PoolTerminatedError",
     "Star",
     "AsyncStar",
+    "check_apply",
+    "stdlib_error",
     "Checked",
     "terminated",
 ]
@@ -51,6 +54,40 @@ def terminated() -> PoolTerminatedError:
         "collection) before this call finished; keep the pool open until you have its "
         "results, e.g. call get() inside the with-block"
     )
+
+
+def check_apply(args: Any, kwds: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``apply``'s ``args`` and ``kwds``, checked: a tuple (or list) and a mapping."""
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(
+            f"apply(): args must be a tuple of positional arguments, got "
+            f"{type(args).__name__} {short_repr(args)}; write args=({short_repr(args)},)"
+        )
+    if kwds is None:
+        kwds = {}
+    if not isinstance(kwds, Mapping):
+        raise TypeError(f"apply(): kwds must be a dict of keyword arguments, got {kwds!r}")
+    return tuple(args), dict(kwds)
+
+
+
+
+def stdlib_error(exc: BaseException) -> BaseException:
+    """The error ``multiprocessing.Pool`` would raise for one of the machinery's.
+
+    An argument (or function) that cannot be pickled raises the pickling error itself, with
+    the explanation of the :class:`SendError` as a note.
+    """
+    cause = exc.__cause__
+    if isinstance(exc, SendError) and cause is not None and not isinstance(
+        cause, JustDistributeError
+    ):
+        notes = getattr(cause, "__notes__", ())
+        for note in (f"just_distribute: {exc}", *getattr(exc, "__notes__", ())):
+            if note not in notes:
+                cause.add_note(note)
+        return cause
+    return exc
 
 
 class Star:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         RemoteTraceback,
         ResultEncodingError,
         SendError,
+        StandInError,
         VersionMismatchError,
         WorkerLostError,
     )
@@ -59,6 +60,7 @@ _WHERE = {
     "InitializerError": "errors", "JustDistributeError": "errors",
     "MissingExtraError": "errors", "PoolTerminatedError": "errors", "ReceiveError": "errors",
     "RemoteTraceback": "errors", "ResultEncodingError": "errors", "SendError": "errors",
+    "StandInError": "errors",
     "WorkerLostError": "errors", "VersionMismatchError": "errors",
     "Executor": "executors", "register_executor": "executors",
     "ChunkFuture": "executors.base", "Task": "executors.base",
@@ -95,6 +97,7 @@ __all__ = [
     "RunReport",
     "RunResult",
     "SendError",
+    "StandInError",
     "Task",
     "Update",
     "VersionMismatchError",

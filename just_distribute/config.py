@@ -152,6 +152,14 @@ def check_options(o: Options) -> Options:
         raise ValueError(f"max_in_flight must be >= 1, got {o.max_in_flight}")
     if o.timeout is not None and not o.timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {o.timeout!r}")
+    if o.timeout is not None and o.chunksize is not None and o.chunksize > 1:
+        # A chunk's calls run one after another in one worker, which reports back once:
+        # a slow call in it could not be told from a slow chunk.
+        raise ValueError(
+            f"timeout={o.timeout} bounds each call and cannot be combined with "
+            f"chunksize={o.chunksize}: drop chunksize (with a timeout, calls are sent one "
+            f"at a time) or set chunksize=1"
+        )
     if o.retries < 0:
         raise ValueError(f"retries must be >= 0, got {o.retries}")
     if o.backoff < 0:

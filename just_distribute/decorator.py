@@ -340,8 +340,9 @@ def distribute(
             - ``timeout``: seconds one call may run, else
               :class:`~just_distribute.errors.CallTimeoutError` (a ``TimeoutError``) naming
               the call. On compute the stuck worker process is killed and replaced; on io
-              the caller stops waiting at once but the thread runs the call to its end (a
-              thread cannot be killed); on web the coroutine is cancelled.
+              the caller stops waiting at once and a fresh thread takes the stuck one's
+              place (a thread cannot be killed); on web the coroutine is cancelled. Not
+              with ``chunksize`` above 1 (refused: a timeout bounds each call).
             - ``retries``, ``retry_on``, ``backoff``: retry a failing call up to ``retries``
               times if its exception is one of ``retry_on`` (default: any ``Exception``,
               including a lost worker), waiting ``backoff * 2**(attempt - 1)`` seconds.

@@ -330,7 +330,18 @@ class _Run:
             raise exc
         if self.failed is None or ch.seq < self.failed[0]:
             self.failed = (ch.seq, exc)
+            self.drop_after(ch.seq)
         self.finished[ch.seq] = ch.values
+
+    def drop_after(self, seq: int) -> None:
+        """The run will raise at chunk ``seq``: the chunks after it are not needed, so they
+        are withdrawn now instead of running while the earlier ones finish."""
+        later = [fut for fut, c in self.pending.items() if c.seq > seq]
+        for fut in later:
+            del self.pending[fut]
+        self.executor.withdraw(later, hard=False)
+        self.delayed = [d for d in self.delayed if d[2].seq <= seq]
+        heapq.heapify(self.delayed)
 
     def outcome(self, fut: ChunkFuture) -> None:
         ch = self.pending.pop(fut)
@@ -529,13 +540,12 @@ class _Run:
                     time.sleep(self.wait_time())
                 self.check_timeouts()
         except BaseException as exc:
+            # An error, a timeout, an early break out of f.iter (GeneratorExit) or Ctrl-C:
+            # no call of this run may start any more, and none may hold a worker for long.
             hard = not isinstance(exc, (Exception, GeneratorExit))
-            for fut in list(self.pending):
-                if hard:
-                    self.executor.abandon(fut)
-                else:
-                    fut.cancel()
-            self.pending.clear()
+            self.scope.cancel()
+            pending, self.pending = list(self.pending), {}
+            self.executor.withdraw(pending, hard=hard)
             raise
         finally:
             self.scope.close()

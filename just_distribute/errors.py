@@ -21,6 +21,7 @@ cause, each message saying what to do about it::
           +-- MissingExtraError (ImportError)          an optional dependency is missing
           +-- InitializerError      ``initializer=`` raised in a worker before its first call
           +-- PoolTerminatedError   the Pool was terminated before the call finished
+          +-- StandInError (RuntimeError) a worker's exception whose class is missing here
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "RemoteTraceback",
     "ResultEncodingError",
     "SendError",
+    "StandInError",
     "VersionMismatchError",
     "WorkerLostError",
 ]
@@ -175,3 +177,21 @@ class InitializerError(JustDistributeError):
 
 class PoolTerminatedError(JustDistributeError):
     """The :class:`~just_distribute.Pool` was terminated before this call finished."""
+
+
+class StandInError(JustDistributeError, RuntimeError):
+    """Stands for an exception raised in a worker whose class cannot be rebuilt here.
+
+    Raised only when the caller has no such class (a module installed on the workers
+    alone) and the worker's copy cannot be unpickled either; the message starts with the
+    original class name and text.
+
+    Attributes:
+        module: the module of the original class.
+        qualname: its qualified name.
+    """
+
+    def __init__(self, message: str, module: str = "", qualname: str = "") -> None:
+        super().__init__(message)
+        self.module = module
+        self.qualname = qualname

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, ClassVar
 
 from just_distribute.errors import SendError
@@ -32,6 +32,9 @@ __all__ = [
     "ChunkFuture", "Executor", "Payload", "PortableTask", "RunScope", "Task", "current_run",
     "is_async",
 ]
+
+#: Seconds a withdrawn chunk may run on before its worker is given up for a fresh one.
+WITHDRAW_GRACE = 1.0
 
 
 def is_async(fn: Any) -> bool:
@@ -54,7 +57,8 @@ class ChunkFuture(Future[ChunkResult]):
     def track(self, other: Future[ChunkResult]) -> None:
         """Take the outcome of ``other`` (a ``concurrent.futures`` future) when it is done.
 
-        Marks this future as started now; a cancelled ``other`` cancels it.
+        Marks this future as started now; a cancelled ``other`` ends it with
+        ``CancelledError``.
         """
         self.mark_started()
 
@@ -62,7 +66,8 @@ class ChunkFuture(Future[ChunkResult]):
             if self.done():
                 return
             if done.cancelled():
-                self.cancel()
+                # (this one counts as running and cannot be cancelled: it ends as one)
+                self.set_exception(CancelledError())
             elif (exc := done.exception()) is not None:
                 self.set_exception(exc)
             else:
@@ -128,8 +133,14 @@ class RunScope:
 
     def __init__(self) -> None:
         self.resources: dict[str, Any] = {}
+        #: Set when the run ended early: chunks still running stop at their next call.
+        self.cancelled = False
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """The run ended early: its chunks that are still running should stop."""
+        self.cancelled = True
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` when the run ends."""
@@ -188,9 +199,10 @@ class Task:
                 calls of the same job then runs serially instead of waiting on the pool.
         """
         name = worker or threading.current_thread().name
+        scope = self.run
         return run_chunk(
             self.payload.fn, self.columns, self.stop_on_error, name, job, False,
-            self.channel(name),
+            self.channel(name), stopped=lambda: scope.cancelled,
         )
 
     def portable(self) -> PortableTask:
@@ -296,6 +308,40 @@ class Executor(abc.ABC):
         running ones where the backend can. The default abandons each."""
         for future in futures:
             self.abandon(future)
+
+    def stop_after_call(self, future: ChunkFuture) -> None:  # noqa: B027 - optional hook
+        """Ask the running chunk of ``future`` to end after its current call.
+
+        Executors that run chunks in this process need nothing here: their chunks watch
+        :attr:`RunScope.cancelled` of their task.
+        """
+
+    def withdraw(self, futures: Sequence[ChunkFuture], hard: bool) -> None:
+        """A run ended early: its queued chunks must not start, its running ones must end.
+
+        Queued chunks are cancelled. With ``hard`` (Ctrl-C) running ones are abandoned at
+        once; otherwise each is asked to :meth:`stop_after_call`, and one still
+        running after :data:`WITHDRAW_GRACE` seconds (a stuck call) is abandoned then, so
+        that the next run gets a fresh worker instead of waiting behind it.
+        """
+        running = [f for f in futures if not f.cancel() and not f.done()]
+        if not running:
+            return
+        if hard:
+            for f in running:
+                self.abandon(f)
+            return
+        for f in running:
+            self.stop_after_call(f)
+
+        def reap() -> None:
+            for f in running:
+                if not f.done():
+                    self.abandon(f)
+
+        timer = threading.Timer(WITHDRAW_GRACE, reap)
+        timer.daemon = True
+        timer.start()
 
     def shutdown(self, wait: bool = True) -> None:  # noqa: B027 - optional hook
         """Release the workers. The registry calls this at interpreter exit."""

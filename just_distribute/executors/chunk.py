@@ -43,6 +43,39 @@ class ChunkResult(NamedTuple):
     ended: float
 
 
+#: With a stop check, a chunk runs in slices that grow until one takes about this long: the
+#: check costs nothing per call, and a withdrawn chunk ends within a slice.
+_SLICE_SECONDS = 0.005
+_MAX_SLICE = 1 << 16
+
+
+def _run_rows(
+    fn: Callable[..., Any],
+    columns: Sequence[Sequence[Any]],
+    stop: int,
+    values: list[Any],
+    errors: list[CallError],
+    stop_on_error: bool,
+    remote: bool,
+) -> bool:
+    """Run the rows from ``len(values)`` to ``stop``; return True if an error ends the chunk."""
+    whole = len(columns[0])
+    while len(values) < stop:
+        done = len(values)
+        try:
+            if done == 0 and stop == whole:
+                values.extend(map(fn, *columns))
+            else:
+                values.extend(map(fn, *(col[done:stop] for col in columns)))
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc)) if remote else None
+            errors.append(CallError(len(values), exc, tb))
+            if stop_on_error:
+                return True
+            values.append(exc)
+    return False
+
+
 def run_chunk(
     fn: Callable[..., Any],
     columns: Sequence[Sequence[Any]],
@@ -51,6 +84,7 @@ def run_chunk(
     job: str,
     remote: bool,
     channel: Channel | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> ChunkResult:
     """Run ``fn`` over the rows of ``columns``.
 
@@ -58,6 +92,8 @@ def run_chunk(
     results before it); otherwise the exception object takes the failed call's place and
     the chunk goes on. ``remote`` asks for the traceback as text, to cross a process line.
     ``channel`` receives the calls' :func:`~just_distribute.update` records.
+    ``stopped``, when given, is asked between calls (in growing slices of calls) whether the
+    run was withdrawn; if it says so the chunk ends early, with the values it has.
     """
     token = current_job.set(job)
     started = time.time()
@@ -67,19 +103,17 @@ def run_chunk(
     channel_token = _updates.install(channel, values)
     n = len(columns[0]) if columns else 0
     try:
-        while len(values) < n:
-            done = len(values)
-            try:
-                if done == 0:
-                    values.extend(map(fn, *columns))
-                else:
-                    values.extend(map(fn, *(col[done:] for col in columns)))
-            except Exception as exc:
-                tb = "".join(traceback.format_exception(exc)) if remote else None
-                errors.append(CallError(len(values), exc, tb))
-                if stop_on_error:
+        if stopped is None:
+            _run_rows(fn, columns, n, values, errors, stop_on_error, remote)
+        else:
+            step = 1
+            while len(values) < n and not stopped():
+                begin = time.perf_counter()
+                end = min(n, len(values) + step)
+                if _run_rows(fn, columns, end, values, errors, stop_on_error, remote):
                     break
-                values.append(exc)
+                if time.perf_counter() - begin < _SLICE_SECONDS:
+                    step = min(step * 2, _MAX_SLICE)
     finally:
         _updates.uninstall(channel_token)
         current_job.reset(token)

@@ -39,8 +39,13 @@ Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
 ``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
 
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
-clock of a chunk starts then, not while it waits in the scheduler's queue. A running dask
-task cannot be stopped, so a timed-out call is abandoned (its result ignored), not killed.
+clock of a chunk starts then, not while it waits in the scheduler's queue.
+
+Withdrawing (an error, a timeout, a break out of ``f.iter``, Ctrl-C): the chunks' dask tasks
+are cancelled, so queued ones never start; a running one reads its worker's "cancelled"
+mark between calls and ends early. A call still running a second later (stuck in one long
+call, which dask cannot interrupt) costs its worker process if that worker has one thread:
+its nanny starts a fresh one, so the next call does not wait behind it.
 """
 
 from __future__ import annotations
@@ -69,10 +74,16 @@ from just_distribute.errors import (
 from just_distribute.executors import cluster_code as _code
 from just_distribute.executors import cluster_connect as _connect
 from just_distribute.executors import wire as _wire
-from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
+from just_distribute.executors.base import WITHDRAW_GRACE, ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult, current_job
 from just_distribute.executors.cluster_connect import stop_embedded
-from just_distribute.executors.cluster_worker import START_TOPIC, UPDATE_TOPIC, run_on_worker
+from just_distribute.executors.cluster_worker import (
+    START_TOPIC,
+    UPDATE_TOPIC,
+    exit_worker,
+    run_on_worker,
+    still_running,
+)
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service.launch import on_stop
 from just_distribute.updates import TaskUpdates
@@ -109,6 +120,7 @@ class _DaskChunkFuture(ChunkFuture):
         self.dask_future: Any = None
         self.task = task
         self.resent = False
+        self.where: str | None = None  # the worker that announced the start
 
 
 def _set(fut: ChunkFuture, result: ChunkResult | None, exc: BaseException | None) -> None:
@@ -201,7 +213,10 @@ class ClusterExecutor(Executor):
             self.workers = 1  # nested calls run serially: no cluster is started from inside
             return
         client = self.client()
-        threads = sum(client.nthreads().values())
+        try:
+            threads = sum(client.nthreads().values())
+        except (OSError, RuntimeError) as exc:  # a lost scheduler; a client dask closed
+            raise self._lost(client, exc) from exc
         if threads == 0:  # a service that is still starting its workers
             try:
                 client.wait_for_workers(1, timeout=self._connect_timeout)
@@ -244,9 +259,13 @@ class ClusterExecutor(Executor):
         started = self._started_by_key
 
         def on_start(event: Any) -> None:
-            fut = started.pop(event[1], None)
+            msg = event[1]
+            key, where = (msg[0], msg[1]) if isinstance(msg, list | tuple) else (msg, None)
+            fut = started.pop(key, None)
             if fut is not None:
                 fut.started_at = time.monotonic()
+                if isinstance(fut, _DaskChunkFuture):
+                    fut.where = where
 
         client.subscribe_topic(START_TOPIC, on_start)
         receivers = self._updates_by_key
@@ -450,7 +469,7 @@ class ClusterExecutor(Executor):
                 return
             tag, result, message = outcome if len(outcome) == 3 else (*outcome, None)
             if tag == "ok":
-                _set(fut, result, None)
+                _set(fut, _wire.rebuild_outcome(result), None)
             elif tag == "unsendable":
                 _set(fut, None, ReceiveError(message))
             elif tag == "mismatch":  # a worker that joined after the check at connect
@@ -473,11 +492,75 @@ class ClusterExecutor(Executor):
             return
         _set(fut, None, _connect.task_error(value, name, self._scheduler, self._closed))
 
+    def _lost(self, client: Any, exc: BaseException) -> ClusterUnreachableError:
+        """The error for a scheduler lost after connecting; the next call reconnects."""
+        with self._lock:
+            if self._client is client:
+                self._client = None
+                self._threads = None
+        address = self._scheduler or self._address or getattr(
+            getattr(client, "scheduler", None), "address", "?"
+        )
+        return ClusterUnreachableError(
+            f"lost the connection to the dask scheduler at {address}: "
+            f"{type(exc).__name__}: {str(exc).strip().rstrip('.')}. Did the service stop? "
+            f"Start it again with "
+            f"`just-distribute cluster` (or fix address=); the next call reconnects."
+        )
+
     def abandon(self, future: ChunkFuture) -> None:
-        """Cancel the chunk's dask task (a task already running finishes unobserved)."""
-        if isinstance(future, _DaskChunkFuture) and future.dask_future is not None:
-            future.dask_future.cancel()
-        future.cancel()
+        """Cancel the chunk's dask task (one already running ends at its next call)."""
+        self.withdraw([future], hard=True)
+
+    def withdraw(self, futures: Sequence[ChunkFuture], hard: bool) -> None:
+        """Cancel the chunks' dask tasks in one message: queued ones never start, running
+        ones end after their current call (see ``cluster_worker.cancelled_check``). A call
+        that still runs ``WITHDRAW_GRACE`` seconds later (stuck) gets its worker process
+        ended, if that worker has one thread (it runs nothing else): its nanny starts a
+        fresh one, and the next call does not wait behind the stuck one."""
+        ours = [f for f in futures if isinstance(f, _DaskChunkFuture) and f.dask_future]
+        tasks = [f.dask_future for f in ours]
+        for f in futures:
+            f.cancel()
+        if not tasks:
+            return
+        running: dict[str, list[str]] = {}
+        for f in ours:
+            if f.where is not None:
+                running.setdefault(f.where, []).append(f.dask_future.key)
+
+        def cancel() -> None:
+            client = tasks[0].client
+            try:
+                client.cancel(tasks)
+                if running:
+                    time.sleep(WITHDRAW_GRACE)
+                    self._restart_stuck(client, running)
+            except Exception as exc:  # the cluster is gone: nothing runs there any more
+                log.debug("cancelling %d dask tasks: %s", len(tasks), exc)
+
+        # In a thread: a lost scheduler must not hold the caller, who has an error to see.
+        threading.Thread(target=cancel, name="just_distribute-cancel", daemon=True).start()
+
+    @staticmethod
+    def _restart_stuck(client: Any, running: dict[str, list[str]]) -> None:
+        threads = client.nthreads()
+        candidates = [w for w in running if threads.get(w) == 1]
+        if not candidates:
+            return
+        busy = {
+            w: client.run(still_running, running[w], workers=[w], on_error="return").get(w)
+            for w in candidates
+        }
+        stuck = [w for w, still in busy.items() if still is True]
+        if stuck:
+            log.warning(
+                "restarting dask worker(s) %s: a withdrawn call is still running there",
+                ", ".join(stuck),
+            )
+            # Not restart_workers(): its graceful close waits for the stuck call. The
+            # worker's nanny starts a fresh one as soon as this one is gone.
+            client.run(exit_worker, workers=stuck, wait=False)
 
     def stop(self, futures: Sequence[ChunkFuture]) -> None:
         """Cancel the chunks' dask tasks, and restart the workers still running them.

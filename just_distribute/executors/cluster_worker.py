@@ -16,7 +16,15 @@ from just_distribute import updates as _updates
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.chunk import run_chunk
 
-__all__ = ["START_TOPIC", "UPDATE_TOPIC", "importable", "run_on_worker"]
+__all__ = [
+    "START_TOPIC",
+    "UPDATE_TOPIC",
+    "cancelled_check",
+    "exit_worker",
+    "importable",
+    "run_on_worker",
+    "still_running",
+]
 
 #: The dask event topic on which a worker announces that it starts a chunk.
 START_TOPIC = "just-distribute-chunk-started"
@@ -90,6 +98,7 @@ def run_on_worker(
         tb = traceback.format_exc()
         return _wire.dumps(("unloadable", None, tb))
     outbox: _updates.Outbox | None = None
+    stopped = None
     try:
         worker = get_worker()
     except ValueError:
@@ -98,12 +107,14 @@ def run_on_worker(
         name = str(worker.name)
         # Tell the caller the chunk starts now: its timeout= clock starts here, not when
         # the chunk was queued.
-        worker.log_event(START_TOPIC, worker.get_current_task())
-        outbox = _updates.Outbox(functools.partial(
-            _send_updates, worker, str(worker.get_current_task())
-        ))
+        task_key = worker.get_current_task()
+        worker.log_event(START_TOPIC, [task_key, worker.address])
+        outbox = _updates.Outbox(functools.partial(_send_updates, worker, str(task_key)))
+        stopped = cancelled_check(worker, task_key)
     channel = outbox.channel if outbox is not None else None
-    result = run_chunk(fn, columns, stop_on_error, name, "cluster", True, channel)
+    result = run_chunk(
+        fn, columns, stop_on_error, name, "cluster", True, channel, stopped=stopped
+    )
     tail, dropped = outbox.close() if outbox is not None else ([], 0)
     # A Pool's function asks for results the standard pickle takes (MaybeEncodingError).
     strict = getattr(fn, "standard_pickle_results", False)
@@ -115,17 +126,48 @@ def run_on_worker(
 
 
 def _pack(result: Any, stop_on_error: bool, by_value: bool, strict: bool = False) -> bytes:
-    from just_distribute.executors.process_main import _portable_result
-
+    dumps_by_value = None
     if by_value:
         import cloudpickle
 
-        try:
-            return bytes(cloudpickle.dumps(("ok", result)))
-        except Exception:  # a result that cannot travel: described one by one below
-            pass
-    return _portable_result(result, stop_on_error, strict)
+        dumps_by_value = cloudpickle.dumps
+    return _wire.pack_outcome(result, stop_on_error, dumps_by_value, strict)
 
 
 def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:
     worker.log_event(UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped)))
+
+
+def cancelled_check(worker: Any, key: Any) -> Any:
+    """A check whether the client cancelled the running task ``key`` (None if unknown).
+
+    A dask worker cannot stop a running task, but it marks it "cancelled" when the client
+    cancels its future: the chunk reads that mark (a local lookup, no message) between
+    calls and ends early.
+    """
+    tasks = getattr(getattr(worker, "state", None), "tasks", None)
+    if not isinstance(tasks, dict):
+        return None
+
+    def stopped() -> bool:
+        ts = tasks.get(key)
+        return ts is None or getattr(ts, "state", "") in ("cancelled", "released", "forgotten")
+
+    return stopped
+
+
+async def exit_worker() -> None:
+    """Run on a worker whose withdrawn call is stuck: end the process (its nanny starts a
+    fresh one). A coroutine function: dask runs only those without waiting for an answer."""
+    import os
+
+    os._exit(75)
+
+
+def still_running(keys: list[str], dask_worker: Any = None) -> bool:
+    """Run on a worker by the caller: does it still execute one of ``keys``?"""
+    tasks = getattr(getattr(dask_worker, "state", None), "tasks", {})
+    return any(
+        getattr(tasks.get(k), "state", "") in ("executing", "long-running", "cancelled")
+        for k in keys
+    )

@@ -16,13 +16,12 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from just_distribute import updates as _updates
 from just_distribute.executors.base import ChunkFuture, Executor, Task, current_run, is_async
-from just_distribute.executors.chunk import CallError, ChunkResult, current_job, run_chunk
-from just_distribute.executors.threads import pass_failure
+from just_distribute.executors.chunk import CallError, ChunkResult, current_job
+from just_distribute.executors.threads import DaemonThreadPool, pass_failure, run_in_thread
 
 __all__ = ["CoroutineExecutor", "is_async"]
 
@@ -53,7 +52,8 @@ class CoroutineExecutor(Executor):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[Task, ChunkFuture]] | None = None
         self._current: dict[ChunkFuture, asyncio.Task[None]] = {}
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: DaemonThreadPool | None = None
+        self._in_threads: dict[ChunkFuture, threading.Thread] = {}
         self._consumers: list[asyncio.Task[None]] = []
         self._thread: threading.Thread | None = None
 
@@ -121,6 +121,9 @@ class CoroutineExecutor(Executor):
             try:
                 await job
             except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise  # the consumer itself is being stopped (shutdown), not only its job
                 if not fut.done():
                     fut.set_exception(asyncio.CancelledError())
             except BaseException as exc:
@@ -138,7 +141,10 @@ class CoroutineExecutor(Executor):
         errors: list[CallError] = []
         updates_token = _updates.install(task.channel(name), values)
         try:
+            scope = task.run
             for args in zip(*task.columns, strict=True):
+                if scope.cancelled:
+                    break  # the run ended early: its calls not yet started do not start
                 try:
                     values.append(await fn(*args))
                 except Exception as exc:
@@ -154,18 +160,7 @@ class CoroutineExecutor(Executor):
             fut.set_result(ChunkResult(values, errors, name, started, time.time()))
 
     def _run_in_thread(self, task: Task, fut: ChunkFuture) -> None:
-        if not fut.mark_started():
-            return
-        try:
-            name = threading.current_thread().name
-            result = run_chunk(
-                task.payload.fn, task.columns, task.stop_on_error, name, self.name, False,
-                task.channel(name),
-            )
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+        run_in_thread(task, fut, self.name, self._in_threads)
 
     def submit(self, task: Task) -> ChunkFuture:
         """Queue the chunk for a consumer (async functions) or a thread (plain ones)."""
@@ -178,9 +173,9 @@ class CoroutineExecutor(Executor):
         else:
             with self._lock:
                 if self._threads is None:
-                    self._threads = ThreadPoolExecutor(
+                    self._threads = DaemonThreadPool(
                         self.workers,
-                        thread_name_prefix="just_distribute-web",
+                        "just_distribute-web",
                         initializer=None if self._initializer is None else self._thread_initializer,
                     )
             self._threads.submit(self._run_in_thread, task, fut).add_done_callback(
@@ -189,12 +184,17 @@ class CoroutineExecutor(Executor):
         return fut
 
     def abandon(self, future: ChunkFuture) -> None:
-        """Cancel a queued chunk, or cancel the coroutine running it."""
+        """Cancel a queued chunk, or cancel the coroutine running it (a plain function's
+        thread is given up for a fresh one)."""
         if future.cancel():
             return
         job = self._current.get(future)
         if job is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(job.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(job.cancel)
+        thread = self._in_threads.get(future)
+        if thread is not None and self._threads is not None:
+            self._threads.retire(thread)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the event loop and the threads."""

@@ -55,6 +55,11 @@ class _Worker:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: socket.socket | None = None
+        # The control line: "stop chunk N" while the worker runs it (the data socket is
+        # busy with the chunk's request and reply).
+        self.ctl: socket.socket | None = None
+        self._ctl_lock = threading.Lock()
+        self.seq = 0  # chunks sent to this process, for the control line
         self.pid: int | None = None
         self.keys: dict[str, None] = {}  # functions the worker holds, oldest first
         self.killed = False
@@ -65,6 +70,7 @@ class _Worker:
 
     def spawn(self) -> None:
         parent_sock, child_sock = socket.socketpair()
+        parent_ctl, child_ctl = socket.socketpair()
         _wire.tune_socket(parent_sock)
         _wire.tune_socket(child_sock)
         env = dict(os.environ)
@@ -74,14 +80,22 @@ class _Worker:
         env["JUST_DISTRIBUTE_IN_WORKER"] = "compute"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
+                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno()),
+                 str(child_ctl.fileno())],
+                pass_fds=(child_sock.fileno(), child_ctl.fileno()),
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            parent_ctl.close()
+            parent_sock.close()
+            raise
         finally:
             child_sock.close()
+            child_ctl.close()
         self.conn = parent_sock
+        with self._ctl_lock:
+            self.ctl = parent_ctl
         self.keys = {}
         self.killed = False
         self.chunks_done = 0
@@ -105,6 +119,20 @@ class _Worker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
 
+    def stop_chunk(self, seq: int) -> None:
+        """Ask the process to end chunk ``seq`` after its current call (if it runs it)."""
+        with self._ctl_lock:
+            if self.ctl is None:
+                return
+            with contextlib.suppress(OSError):  # the process is gone: nothing to stop
+                _wire.send_frame(self.ctl, pickle.dumps(seq))
+
+    def _close_ctl(self) -> None:
+        with self._ctl_lock:
+            if self.ctl is not None:
+                self.ctl.close()
+                self.ctl = None
+
     def _lost(self, fut: ChunkFuture) -> None:
         exitcode = None
         if self.proc is not None:
@@ -115,6 +143,7 @@ class _Worker:
                 exitcode = self.proc.wait()
         if self.conn is not None:
             self.conn.close()
+        self._close_ctl()
         pid = self.pid if self.pid is not None else (self.proc.pid if self.proc else None)
         self.proc, self.conn = None, None
         if not fut.done():
@@ -134,7 +163,9 @@ class _Worker:
         try:
             _wire.send_frame(
                 self.conn,
-                pickle.dumps((payload.key, payload.serialized(), None, False), _wire.PROTOCOL),
+                pickle.dumps(
+                    (payload.key, payload.serialized(), None, False, 0), _wire.PROTOCOL
+                ),
             )
             reply = _wire.recv_frame(self.conn)
         except (EOFError, OSError):
@@ -168,7 +199,8 @@ class _Worker:
         if payload.key not in self.keys and not self._preload(payload, fut):
             return False
         # Registered before it counts as started, so that abandon() always finds it.
-        self.owner.running[fut] = self
+        self.seq += 1
+        self.owner.running[fut] = (self, self.seq)
         if not fut.mark_started():
             self.owner.running.pop(fut, None)
             return False
@@ -177,7 +209,8 @@ class _Worker:
             _wire.send_frame(
                 self.conn,
                 pickle.dumps(
-                    (payload.key, payload.serialized() if first else None, data, stop_on_error),
+                    (payload.key, payload.serialized() if first else None, data, stop_on_error,
+                     self.seq),
                     protocol=_wire.PROTOCOL,
                 ),
             )
@@ -265,7 +298,7 @@ class _Worker:
             return
         if status == "ok":
             result: ChunkResult = rest[0]
-            fut.set_result(result)
+            fut.set_result(_wire.rebuild_outcome(result))
         elif status == "unsendable":
             fut.set_exception(ReceiveError(rest[1]))
         else:  # "unloadable": the chunk could not be rebuilt in the worker
@@ -280,6 +313,7 @@ class _Worker:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        self._close_ctl()
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=2)
@@ -320,7 +354,7 @@ class ProcessExecutor(Executor):
         self.queue: queue.SimpleQueue[tuple[Payload, bytes, bool, ChunkFuture] | None] = (
             queue.SimpleQueue()
         )
-        self.running: dict[ChunkFuture, _Worker] = {}
+        self.running: dict[ChunkFuture, tuple[_Worker, int]] = {}
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -359,9 +393,15 @@ class ProcessExecutor(Executor):
         """Cancel a queued chunk; kill the worker running a started one (it is replaced)."""
         if future.cancel():
             return
-        worker = self.running.get(future)
-        if worker is not None:
-            worker.kill()
+        entry = self.running.get(future)
+        if entry is not None:
+            entry[0].kill()
+
+    def stop_after_call(self, future: ChunkFuture) -> None:
+        """Ask the worker process running ``future`` to end it after the current call."""
+        entry = self.running.get(future)
+        if entry is not None:
+            entry[0].stop_chunk(entry[1])
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop every worker process."""
@@ -381,7 +421,7 @@ class ProcessExecutor(Executor):
                     w.thread.join(timeout=2)
 
     def _busy_indexes(self) -> set[int]:
-        return {w.index for w in list(self.running.values())}
+        return {w.index for w, _ in list(self.running.values())}
 
     def pids(self) -> list[int]:
         """The process ids of the live worker processes."""

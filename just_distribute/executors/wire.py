@@ -14,10 +14,26 @@ import io
 import pickle
 import socket
 import struct
+import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-__all__ = ["dumps", "dumps_function", "load_wrapped", "loads", "recv_frame", "send_frame"]
+if TYPE_CHECKING:
+    from just_distribute.executors.chunk import ChunkResult
+
+__all__ = [
+    "ExceptionRecord",
+    "dumps",
+    "dumps_function",
+    "encode_exception",
+    "load_wrapped",
+    "loads",
+    "pack_outcome",
+    "rebuild_exception",
+    "rebuild_outcome",
+    "recv_frame",
+    "send_frame",
+]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -163,3 +179,240 @@ def loads(data: bytes | bytearray) -> Any:
         import dill
 
         return dill.loads(data)
+
+
+# -- exceptions and outcomes ------------------------------------------------------------
+#
+# An exception crosses as an ExceptionRecord: its class by name, its args and attributes
+# as data, and the worker's own pickle of it. The caller then rebuilds an instance of *its
+# own* class of that name: a class defined in the caller's __main__ (which a worker only
+# holds as a copy sent by value, so that plain unpickling would give a look-alike class that
+# ``except`` does not catch), or one whose ``__init__`` takes other arguments than it passes
+# to Exception (which plain unpickling cannot call).
+
+
+class ExceptionRecord(NamedTuple):
+    """An exception on its way from a worker to the caller.
+
+    Attributes:
+        module: ``type(exc).__module__``.
+        qualname: ``type(exc).__qualname__``.
+        args: ``exc.args`` (an argument that cannot be pickled travels as its repr).
+        state: the instance attributes that can be pickled (notes included).
+        text: ``str(exc)``, for a stand-in.
+        blob: the worker's pickle of the whole exception, if it has one.
+        lost: names of attributes that could not be pickled.
+    """
+
+    module: str
+    qualname: str
+    args: tuple[Any, ...]
+    state: dict[str, Any]
+    text: str
+    blob: bytes | None
+    lost: tuple[str, ...]
+
+
+def _sendable(value: Any) -> bool:
+    try:
+        dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def encode_exception(exc: BaseException) -> ExceptionRecord:
+    """Describe ``exc`` so that :func:`rebuild_exception` can make it again elsewhere."""
+    cls = type(exc)
+    args = tuple(a if _sendable(a) else repr(a) for a in exc.args)
+    state: dict[str, Any] = {}
+    lost: list[str] = []
+    for name, value in getattr(exc, "__dict__", {}).items():
+        if _sendable(value):
+            state[name] = value
+        else:
+            lost.append(name)
+    try:
+        text = str(exc)
+    except Exception:
+        text = repr(exc.args)
+    try:
+        blob: bytes | None = dumps(exc)
+    except Exception:
+        blob = None
+    return ExceptionRecord(cls.__module__, cls.__qualname__, args, state, text, blob, tuple(lost))
+
+
+def _caller_class(module: str, qualname: str) -> type[BaseException] | None:
+    """The caller's own class of that name, if it has one (``__main__`` included)."""
+    mod = sys.modules.get(module)
+    if mod is None and module != "__main__":
+        try:
+            mod = importlib.import_module(module)
+        except Exception:
+            return None
+    obj: Any = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
+
+
+def _instance(cls: type[BaseException], rec: ExceptionRecord) -> BaseException | None:
+    """An instance of ``cls`` with the record's args and attributes, without ``__init__``."""
+    try:
+        exc = cls.__new__(cls, *rec.args)
+    except Exception:
+        try:
+            exc = cls.__new__(cls)
+        except Exception:
+            return None
+    try:
+        if exc.args != rec.args:
+            exc.args = rec.args
+        for name, value in rec.state.items():
+            setattr(exc, name, value)
+    except Exception:
+        return None
+    return exc
+
+
+def rebuild_exception(rec: ExceptionRecord) -> BaseException:
+    """The caller's own exception from a record; a :class:`StandInError` only if no such
+    class can be found here and the worker's pickle of it cannot be loaded either."""
+    cls = _caller_class(rec.module, rec.qualname)
+    loaded: BaseException | None = None
+    if rec.blob is not None:
+        try:
+            value = loads(rec.blob)
+        except Exception:
+            value = None
+        if isinstance(value, BaseException):
+            loaded = value
+    # The ordinary pickle keeps what only C code knows (OSError.errno, ...): use it when it
+    # gave the caller's very class, else build the instance field by field. For a class
+    # the caller cannot name (a local one), the worker's copy is all there is.
+    exc = loaded
+    if cls is not None and type(loaded) is not cls:
+        exc = _instance(cls, rec)
+    if exc is None:
+        from just_distribute.errors import StandInError
+
+        where = f"{rec.module}.{rec.qualname}"
+        exc = StandInError(
+            f"{rec.qualname}: {rec.text} (a stand-in: the class {where} cannot be found or "
+            f"rebuilt in the caller; make its module importable here to get the exception "
+            f"itself)",
+            rec.module, rec.qualname,
+        )
+    if rec.lost:
+        exc.add_note(
+            f"just_distribute: attribute(s) {', '.join(rec.lost)} of this exception could "
+            f"not be sent back from the worker (they cannot be pickled)"
+        )
+    return exc
+
+
+def pack_outcome(
+    result: ChunkResult, stop_on_error: bool, by_value: Any = None, strict: bool = False
+) -> bytes:
+    """Serialise a chunk's outcome in the worker: ``("ok", ChunkResult)`` with every
+    exception as an :class:`ExceptionRecord`, or ``("unsendable", at, message)``.
+
+    ``by_value``, if given, is tried first to serialise the outcome (a ``dumps`` that sends
+    classes by value, so that the caller gets its own classes back). ``strict`` (a
+    ``Pool``'s function says ``standard_pickle_results``): results must pickle with the
+    standard pickle, as in ``multiprocessing``; one that does not becomes that call's
+    ``ResultEncodingError``.
+
+    A result that cannot be sent back becomes the error of its own call (a
+    :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
+    """
+    from just_distribute.errors import ReceiveError, ResultEncodingError
+    from just_distribute.executors.chunk import CallError, ChunkResult
+
+    def encoded(res: ChunkResult) -> ChunkResult:
+        if not res.errors:
+            return res
+        records = {e.at: encode_exception(e.exc) for e in res.errors}
+        values = list(res.values)
+        for at, rec in records.items():
+            if at < len(values) and isinstance(values[at], BaseException):
+                values[at] = rec  # on_error="return": the exception is also the value
+        # (A record stands where the exception will be again once rebuilt.)
+        errors = [CallError(e.at, cast(Any, records[e.at]), e.tb) for e in res.errors]
+        return ChunkResult(values, errors, res.worker, res.started, res.ended)
+
+    if by_value is not None:
+        try:
+            return bytes(by_value(("ok", encoded(result))))
+        except Exception:
+            pass
+    try:
+        if strict:
+            return pickle.dumps(("ok", encoded(result)), PROTOCOL)
+        return dumps(("ok", encoded(result)))
+    except Exception:
+        pass
+    errors = list(result.errors)
+    failed = {e.at for e in errors}
+    values = list(result.values)
+    for i, value in enumerate(values):
+        if i in failed:
+            continue
+        if strict:
+            try:
+                pickle.dumps(value, PROTOCOL)
+            except Exception as exc:
+                values[i] = ResultEncodingError(exc, value)
+                errors.append(CallError(i, values[i], None))
+                continue
+        if not _sendable(value):
+            values[i] = ReceiveError(
+                f"the result of this call ({type(value).__qualname__}) cannot be sent back "
+                f"to the caller: {_why(value)}. Return plain data (numbers, strings, lists, "
+                f"dicts, arrays) instead of objects bound to this process (files, locks, "
+                f"sockets)."
+            )
+            errors.append(CallError(i, values[i], None))
+    errors.sort(key=lambda e: e.at)
+    if stop_on_error and errors:  # the caller acts on the first error only
+        values, errors = values[: errors[0].at], errors[:1]
+    patched = ChunkResult(values, errors, result.worker, result.started, result.ended)
+    try:
+        return dumps(("ok", encoded(patched)))
+    except Exception as exc:
+        return pickle.dumps(
+            ("unsendable", None, f"a result cannot be sent back to the caller: "
+             f"{type(exc).__name__}: {exc}. Return plain data (numbers, strings, lists, dicts, "
+             f"arrays) instead of objects bound to this process (files, locks, sockets).")
+        )
+
+
+def _why(value: Any) -> str:
+    try:
+        dumps(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "?"
+
+
+def rebuild_outcome(result: ChunkResult) -> ChunkResult:
+    """In the caller: turn the records of :func:`pack_outcome` back into exceptions."""
+    if not result.errors:
+        return result
+    from just_distribute.executors.chunk import CallError, ChunkResult
+
+    errors = []
+    values = result.values
+    for err in result.errors:
+        exc = err.exc
+        if isinstance(exc, ExceptionRecord):
+            exc = rebuild_exception(exc)
+            if err.at < len(values) and isinstance(values[err.at], ExceptionRecord):
+                values[err.at] = exc
+        errors.append(CallError(err.at, exc, err.tb))
+    return ChunkResult(values, errors, result.worker, result.started, result.ended)

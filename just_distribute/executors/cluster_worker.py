@@ -118,7 +118,7 @@ def run_on_worker(
     tail, dropped = outbox.close() if outbox is not None else ([], 0)
     # A Pool's function asks for results the standard pickle takes (MaybeEncodingError).
     strict = getattr(fn, "standard_pickle_results", False)
-    outcome = _pack(result, stop_on_error, by_value and not strict, strict)
+    outcome = _pack(result, stop_on_error, by_value, strict)
     if tail or dropped:
         # The last updates travel with the outcome: the sending thread has not sent them.
         return (outcome, name, _updates.encode(tail, dropped))

@@ -347,6 +347,8 @@ def pack_outcome(
         return ChunkResult(values, errors, res.worker, res.started, res.ended)
 
     if by_value is not None:
+        if strict:
+            result = _refuse_code_results(result, stop_on_error)
         try:
             return bytes(by_value(("ok", encoded(result))))
         except Exception:
@@ -390,6 +392,33 @@ def pack_outcome(
              f"{type(exc).__name__}: {exc}. Return plain data (numbers, strings, lists, dicts, "
              f"arrays) instead of objects bound to this process (files, locks, sockets).")
         )
+
+
+def _refuse_code_results(result: ChunkResult, stop_on_error: bool) -> ChunkResult:
+    """A ``Pool``'s results where classes travel by value (the cluster): instances of the
+    caller's own classes come back, but a function or method that the standard pickle
+    refuses is that call's ``ResultEncodingError``, as in ``multiprocessing``."""
+    from just_distribute.errors import ResultEncodingError
+    from just_distribute.executors.chunk import CallError, ChunkResult
+
+    code = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.CodeType)
+    failed = {e.at for e in result.errors}
+    values = list(result.values)
+    errors = list(result.errors)
+    for i, value in enumerate(values):
+        if i in failed or not isinstance(value, code):
+            continue
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception as exc:
+            values[i] = ResultEncodingError(exc, value)
+            errors.append(CallError(i, values[i], None))
+    if len(errors) == len(result.errors):
+        return result
+    errors.sort(key=lambda e: e.at)
+    if stop_on_error:  # the caller acts on the first error only
+        values, errors = values[: errors[0].at], errors[:1]
+    return ChunkResult(values, errors, result.worker, result.started, result.ended)
 
 
 def _why(value: Any) -> str:

@@ -8,26 +8,34 @@ parent disappears. It ignores SIGINT: the parent decides what a Ctrl-C stops.
 The messages between the caller (:mod:`~just_distribute.executors.processes`) and this
 loop, each one frame:
 
-| direction | message | meaning |
-|---|---|---|
-| caller → worker | `(sys_path, parent_pid, name, initializer)` | the first frame: set up, run the initializer |
-| worker → caller | `("ready", pid, None)` / `("init-failed", None, traceback)` | the answer to it |
-| caller → worker | `(key, function or None, arguments or None, stop_on_error)` | a chunk (the function is sent once per worker and cached by key) |
-| worker → caller | `("loaded", None, None)` | the function alone was loaded |
-| worker → caller | `("ok", ChunkResult)` | the chunk ran: values and errors |
-| worker → caller | `("unsendable", ChunkResult, message)` | a result or exception could not be pickled: it became its call's `ReceiveError` |
-| worker → caller | `("unloadable", None, traceback)` | the function or the arguments could not be rebuilt in the worker |
-| worker → caller | `b"U"` + pickle of `(records, dropped)` | between a chunk's start and its outcome: a batch of the calls' `update()` records (`updates.py`; the first byte tells it from an outcome, whose pickle starts with `0x80`) |
+Caller to worker:
+
+- ``(sys_path, parent_pid, name, initializer)``: the first frame; set up, run the
+  initializer. The answer: ``("ready", pid, None)`` or ``("init-failed", None, traceback)``.
+- ``(key, function or None, arguments or None, stop_on_error)``: a chunk. The function is
+  sent once per worker and cached by key; sent alone, it is answered ``("loaded", None,
+  None)``.
+
+Worker to caller, for each chunk:
+
+- ``("ok", ChunkResult)``: the chunk ran: its values and errors (exceptions as records,
+  :func:`~just_distribute.executors.wire.pack_outcome`).
+- ``("unsendable", ChunkResult, message)``: a result or exception could not be pickled: it
+  became its call's ``ReceiveError``.
+- ``("unloadable", None, traceback)``: the function or the arguments could not be rebuilt.
+- ``b"U"`` + the pickle of ``(records, dropped)``, between a chunk's start and its outcome:
+  a batch of the calls' ``update()`` records (:mod:`~just_distribute.updates`; the first
+  byte tells it from an outcome, whose pickle starts with ``0x80``).
 
 A second socket (its descriptor in ``sys.argv[2]``) carries the caller's requests to stop a
 running chunk between two calls (a run that ended early).
 
-The cluster's dask task (`executors/cluster_worker.py`, `run_on_worker`) answers with the
-same outcome kinds (`"unloadable"` names the missing module, so that the caller resends the
-chunk once by value), plus `("mismatch", {worker: versions}, None)` when the worker's Python,
-just_distribute, dill or cloudpickle differ from the caller's (nothing is unpickled then); its
-`update()` batches travel as dask events on `UPDATE_TOPIC`, and the last batch of a chunk
-with its outcome, as `(outcome, worker, batch)`.
+The cluster's dask task (``cluster_worker.run_on_worker``) answers with the same outcome
+kinds (``"unloadable"`` names the missing module, so that the caller resends the chunk once
+by value), plus ``("mismatch", {worker: versions}, None)`` when the worker's Python,
+just_distribute, dill or cloudpickle differ from the caller's (nothing is unpickled then);
+its ``update()`` batches travel as dask events on ``UPDATE_TOPIC``, and the last batch of a
+chunk with its outcome, as ``(outcome, worker, batch)``.
 """
 
 from __future__ import annotations

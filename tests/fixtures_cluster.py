@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -140,19 +141,26 @@ class BareCluster:
 
     def stop(self) -> None:
         """Stop the scheduler and the workers."""
-        import signal
-
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process_groups(self.procs)
         self.log.close()
+
+
+def stop_process_groups(procs: list[subprocess.Popen[Any]]) -> None:
+    """SIGTERM each process group (started with ``start_new_session``), last started first;
+    SIGKILL what is still there after 30 s."""
+    import signal
+
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fixtures_cluster import DASK, bare_env
+from fixtures_cluster import DASK, bare_env, stop_process_groups
 
 from just_distribute.service import identities
 
@@ -93,15 +92,7 @@ class Hosts:
         return done.stdout
 
     def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process_groups(self.procs)
         self.procs.clear()
 
     def delete(self) -> None:

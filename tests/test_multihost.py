@@ -183,9 +183,12 @@ def area(shape):
 
 def slow(x, marker):
     if not os.path.exists(marker):
-        with open(marker + ".tmp", "w") as out:
+        # Two workers may get here at once: each its own temporary name, then an atomic
+        # rename (the last one wins; either worker is a fine victim).
+        tmp = f"{marker}.{os.getpid()}.tmp"
+        with open(tmp, "w") as out:
             out.write(str(os.getpid()))
-        os.replace(marker + ".tmp", marker)
+        os.replace(tmp, marker)
     import time
     time.sleep(0.2)
     return x + 1

@@ -27,6 +27,17 @@ Worker to caller, for each chunk:
   a batch of the calls' ``update()`` records (:mod:`~just_distribute.updates`; the first
   byte tells it from an outcome, whose pickle starts with ``0x80``).
 
+The interpreter is started as ``python -P -c BOOTSTRAP fd ctl`` (:data:`BOOTSTRAP`): ``-P``
+keeps the caller's working directory off ``sys.path`` while the standard library loads (a
+``socket.py`` there would shadow the real one); the caller's own ``sys.path`` arrives in the
+first frame. The bootstrap registers the two packages ``just_distribute`` and
+``just_distribute.executors`` without running their ``__init__`` (which loads the
+configuration, the registry, the executors' base and the error classes: most of a cold
+worker's start-up): each runs in place on the first lookup of a name it defines, such as a
+user's function doing ``from just_distribute import update``. So a worker loads only this
+module, :mod:`~just_distribute.executors.wire`, :mod:`~just_distribute.executors.chunk` and
+:mod:`~just_distribute.updates` before its first chunk.
+
 A second socket (its descriptor in ``sys.argv[2]``) carries the caller's requests to stop a
 running chunk between two calls (a run that ended early).
 
@@ -48,10 +59,58 @@ import socket
 import sys
 import threading
 import time
-import traceback
-from typing import Any
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _PAYLOAD_CACHE_SIZE = 8
+
+#: The ``-c`` program of a worker interpreter (see the module's docstring).
+BOOTSTRAP = (
+    "import sys, importlib.util as u\n"
+    "from importlib.machinery import PathFinder\n"
+    "s = u.find_spec('just_distribute')\n"
+    "t = PathFinder.find_spec('just_distribute.executors', s.submodule_search_locations)\n"
+    "for spec in (s, t):\n"
+    "    sys.modules[spec.name] = u.module_from_spec(spec)\n"
+    "sys.modules[s.name].executors = sys.modules[t.name]\n"
+    "import just_distribute.executors.process_main as m\n"
+    "m.main(deferred=(s.name, t.name))\n"
+)
+_init_lock = threading.Lock()
+
+
+class _DeferredInit(types.ModuleType):
+    """A package registered before its ``__init__`` ran: the first lookup of a name it does
+    not hold yet runs it, in place (so every reference to the package object stays good)."""
+
+    def __getattr__(self, name: str) -> Any:
+        with _init_lock:
+            if type(self) is _DeferredInit:
+                # The class goes first: a lookup made while __init__ runs sees a partly
+                # initialised package, as with any import, instead of running it again.
+                module: types.ModuleType = self
+                module.__class__ = types.ModuleType
+                spec = self.__spec__
+                assert spec is not None and spec.loader is not None
+                spec.loader.exec_module(self)
+        return getattr(self, name)
+
+
+def defer_package_init(names: tuple[str, ...]) -> None:
+    """Make the packages ``names`` (registered by :data:`BOOTSTRAP`, their ``__init__`` not
+    run) run their ``__init__`` on the first lookup of a name they do not hold.
+
+    Called once the worker's own modules are loaded: until then, ``from just_distribute
+    import updates`` (in :mod:`~just_distribute.executors.chunk`) finds no attribute and
+    imports the submodule, as it should, instead of running the ``__init__``.
+    """
+    for name in names:
+        module = sys.modules[name]
+        if type(module) is types.ModuleType:
+            module.__class__ = _DeferredInit
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -90,10 +149,25 @@ def _send_updates(conn: socket.socket, records: list[Any], dropped: int) -> None
     send_frame(conn, FRAME_TAG + encode(records, dropped))
 
 
-def main() -> None:
-    """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``."""
+def _format(exc: BaseException) -> str:
+    import traceback  # only on a failure: most workers never format a traceback here
+
+    return "".join(traceback.format_exception(exc))
+
+
+def main(deferred: tuple[str, ...] = ()) -> None:
+    """Serve chunks on the socket whose file descriptor is ``sys.argv[1]``.
+
+    Args:
+        deferred: packages registered without running their ``__init__``
+            (:func:`defer_package_init`).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from just_distribute.executors.wire import recv_frame, send_frame
+    from just_distribute.executors.chunk import run_chunk
+    from just_distribute.executors.wire import loads, pack_outcome, recv_frame, send_frame
+    from just_distribute.updates import Outbox
+
+    defer_package_init(deferred)
 
     conn = socket.socket(fileno=int(sys.argv[1]))
     control = _Control(socket.socket(fileno=int(sys.argv[2])))
@@ -102,17 +176,12 @@ def main() -> None:
     sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
-    from just_distribute.executors.chunk import run_chunk
-    from just_distribute.executors.wire import loads, pack_outcome
-    from just_distribute.updates import Outbox
-
     if init_bytes is not None:
         try:
             initializer, initargs = loads(init_bytes)
             initializer(*initargs)
         except BaseException as exc:
-            tb = "".join(traceback.format_exception(exc))
-            send_frame(conn, pickle.dumps(("init-failed", None, tb)))
+            send_frame(conn, pickle.dumps(("init-failed", None, _format(exc))))
             os._exit(3)
     send_frame(conn, pickle.dumps(("ready", os.getpid(), None)))
 
@@ -136,8 +205,7 @@ def main() -> None:
                 continue
             columns = loads(data)
         except BaseException as exc:
-            tb = "".join(traceback.format_exception(exc))
-            send_frame(conn, pickle.dumps(("unloadable", None, tb)))
+            send_frame(conn, pickle.dumps(("unloadable", None, _format(exc))))
             continue
         result = run_chunk(
             fn, columns, stop_on_error, name, "compute", True, outbox.channel,

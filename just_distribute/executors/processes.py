@@ -36,7 +36,7 @@ from just_distribute.errors import (
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult
-from just_distribute.executors.process_main import _PAYLOAD_CACHE_SIZE
+from just_distribute.executors.process_main import _PAYLOAD_CACHE_SIZE, BOOTSTRAP
 from just_distribute.executors.sendable import dumps_columns
 
 __all__ = ["ProcessExecutor"]
@@ -44,7 +44,16 @@ __all__ = ["ProcessExecutor"]
 log = logging.getLogger("just_distribute")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_WORKER_CODE = "from just_distribute.executors.process_main import main; main()"
+
+
+_Item = tuple[Payload, bytes, bool, ChunkFuture]
+
+
+class _Held:
+    """In the queue: a chunk is held by a worker that is starting (``ProcessExecutor.held``)."""
+
+
+_HELD = _Held()
 
 
 class _Worker:
@@ -80,7 +89,9 @@ class _Worker:
         env["JUST_DISTRIBUTE_IN_WORKER"] = "compute"
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(child_sock.fileno()),
+                # -P: the working directory must not shadow the standard library (the
+                # caller's sys.path, sent next, decides where the user's modules are).
+                [sys.executable, "-P", "-c", BOOTSTRAP, str(child_sock.fileno()),
                  str(child_ctl.fileno())],
                 pass_fds=(child_sock.fileno(), child_ctl.fileno()),
                 env=env,
@@ -181,7 +192,35 @@ class _Worker:
         self.keys[payload.key] = None
         return True
 
-    def _send(self, item: tuple[Payload, bytes, bool, ChunkFuture]) -> bool:
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start_with(self, item: _Item) -> _Item | None:
+        """Start the process for ``item``, letting a worker that is up take the chunk
+        meanwhile (else every chunk held by a starting worker waits for it, and so does the
+        caller's window, while another worker is free). Returns the item if it is still
+        this worker's to send, else ``None``."""
+        owner = self.owner
+        if item[3].cancelled():  # nothing to start a process for
+            return None
+        with owner.held_lock:
+            owner.held.append(item)
+        owner.queue.put(_HELD)
+        error: Exception | None = None
+        try:
+            self.spawn()
+        except Exception as exc:
+            self.proc, self.conn = None, None
+            error = exc
+        if owner.take_held(item) is None:
+            return None  # sent by another worker
+        if error is not None:
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                item[3].set_exception(error)
+            return None
+        return item
+
+    def _send(self, item: _Item) -> bool:
         """Start the worker if needed and send it a chunk; False if the chunk is settled."""
         payload, data, stop_on_error, fut = item
         if fut.cancelled():
@@ -228,10 +267,14 @@ class _Worker:
             if sent is None:
                 if stopping:
                     break
-                item = owner.queue.get()
-                if item is None:
+                got = owner.queue.get()
+                if got is None:
                     break
-                if not self._send(item):
+                if isinstance(got, _Held):  # a chunk waits for a worker that is starting
+                    item = owner.take_held() if self._alive() else None
+                else:
+                    item = got if self._alive() else self._start_with(got)
+                if item is None or not self._send(item):
                     continue
                 sent = item[3]
             fut = sent
@@ -260,6 +303,8 @@ class _Worker:
                 else:
                     if nxt is None:
                         stopping = True
+                    elif isinstance(nxt, _Held):
+                        nxt = owner.take_held()
                 if nxt is not None and self._send(nxt):
                     sent = nxt[3]
             self._deliver(reply, fut)
@@ -351,9 +396,10 @@ class ProcessExecutor(Executor):
     ) -> None:
         super().__init__(workers)
         self.max_tasks = max_tasks
-        self.queue: queue.SimpleQueue[tuple[Payload, bytes, bool, ChunkFuture] | None] = (
-            queue.SimpleQueue()
-        )
+        self.queue: queue.SimpleQueue[_Item | _Held | None] = queue.SimpleQueue()
+        # Chunks taken by a worker that is starting its process, for a worker that is up.
+        self.held: list[_Item] = []
+        self.held_lock = threading.Lock()
         self.running: dict[ChunkFuture, tuple[_Worker, int]] = {}
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -377,6 +423,16 @@ class ProcessExecutor(Executor):
                 for w in self._workers:
                     w.thread.start()
                 log.info("compute pool: %d worker processes", self.workers)
+
+    def take_held(self, item: _Item | None = None) -> _Item | None:
+        """Take ``item`` (else the oldest) from the chunks held by starting workers."""
+        with self.held_lock:
+            if item is None:
+                return self.held.pop(0) if self.held else None
+            for i, held in enumerate(self.held):
+                if held is item:
+                    return self.held.pop(i)
+            return None
 
     def submit(self, task: Task) -> ChunkFuture:
         """Serialise the chunk (in the caller, so a bad argument fails here) and queue it."""

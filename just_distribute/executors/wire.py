@@ -331,7 +331,6 @@ def pack_outcome(
     A result that cannot be sent back becomes the error of its own call (a
     :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
     """
-    from just_distribute.errors import ReceiveError, ResultEncodingError
     from just_distribute.executors.chunk import CallError, ChunkResult
 
     def encoded(res: ChunkResult) -> ChunkResult:
@@ -359,6 +358,10 @@ def pack_outcome(
         return dumps(("ok", encoded(result)))
     except Exception:
         pass
+    # Only here, on a result that cannot be sent: the error classes (and the
+    # multiprocessing.pool they extend) are no part of a worker's start-up.
+    from just_distribute.errors import ReceiveError, ResultEncodingError
+
     errors = list(result.errors)
     failed = {e.at for e in errors}
     values = list(result.values)

@@ -49,11 +49,16 @@ def send_frame(sock: socket.socket, data: bytes) -> None:
     ``multiprocessing.connection`` writes (and re-takes the GIL) once per buffer-full: on a
     busy caller every re-take can wait a full switch interval.
     """
+    header = _HEADER.pack(len(data))
     if len(data) < 65536:
-        sock.sendall(_HEADER.pack(len(data)) + data)
-    else:
-        sock.sendall(_HEADER.pack(len(data)))
-        sock.sendall(data)
+        sock.sendall(header + data)
+        return
+    # Header and body in one system call, without joining them (a copy of the body).
+    sent = sock.sendmsg([header, data])
+    if sent < len(header) + len(data):  # interrupted part-way: the rest in order
+        if sent < len(header):
+            sock.sendall(header[sent:])
+        sock.sendall(memoryview(data)[max(0, sent - len(header)):])
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import pickle
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -67,6 +68,7 @@ def _peers(
 
 
 SERIAL = "serial (list comprehension)"
+FLOOR = "floor: the caller's pickle.dumps(input) + pickle.loads(results)"
 
 
 def _per_call_ms(rows: list[Row], serial: str, calls: int) -> str:
@@ -87,8 +89,12 @@ def s1(cfg: Config) -> Scenario:
     n = cfg.size(1_000_000, 20_000)
     data = list(range(n))
     expected = [x * x for x in data]
+    results = pickle.dumps(expected, pickle.HIGHEST_PROTOCOL)
     with contextlib.ExitStack() as stack:
         cases, warm = _peers(stack, workloads.square, data)
+        # Not a library: what any pool that copies the data must spend in the caller alone.
+        cases[FLOOR] = lambda: (pickle.dumps(data, pickle.HIGHEST_PROTOCOL),
+                                pickle.loads(results))[1]
         rows = measure(
             cases, cfg.runs, check=lambda r: list(r) == expected, warm=warm, ours=(OURS,)
         )
@@ -96,16 +102,22 @@ def s1(cfg: Config) -> Scenario:
     sc = Scenario(
         "S1", "many tiny calls", f"`x*x` on {n:,} ints (a list), compute, {WORKERS} workers",
         rows, reference=serial, ratio_label="x serial",
-        target="faster than the fastest parallel peer, and at most 2x serial",
+        target="faster than the fastest parallel peer, and at most 1.35x serial",
     )
-    ours, ser, best = sc.row(OURS), sc.row(serial), _fastest_peer(rows, serial)
+    ours, ser = sc.row(OURS), sc.row(serial)
+    best = _fastest_peer([r for r in rows if r.name != FLOOR], serial)
     if ours.values and ser.values and best is not None:
         ratio = ours.median / ser.median
-        sc.met = ours.median < best.median and ratio <= 2.0
+        sc.met = ours.median < best.median and ratio <= 1.35
         sc.verdict = (
             f"{ratio:.2f}x serial; {best.median / ours.median:.2f}x faster than the fastest "
             f"peer ({best.name})"
         )
+    sc.notes.append(
+        f"The row '{FLOOR}' is the caller's own share of any pool that copies the data to "
+        "other processes: pickling the input and unpickling a million result ints (a "
+        "million new objects), on one core, with nothing else to do."
+    )
     sc.notes.append(
         "Where the time goes (cProfile and per-process CPU times, 1,000,000 ints): the "
         "caller slices and pickles the input (~25 ms) and unpickles the results (~55 ms: a "

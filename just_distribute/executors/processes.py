@@ -274,7 +274,9 @@ class _Worker:
                     item = owner.take_held() if self._alive() else None
                 else:
                     item = got if self._alive() else self._start_with(got)
+                got = None  # a settled chunk must not stay alive while this thread waits
                 if item is None or not self._send(item):
+                    item = None
                     continue
                 sent = item[3]
             fut = sent

@@ -8,6 +8,7 @@ executor only runs chunks.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -155,7 +156,8 @@ class _Sizer:
 
 class _Chunk:
     __slots__ = (
-        "attempts", "columns", "errors", "future", "isolate", "offset", "seq", "start", "values",
+        "attempts", "columns", "counted", "errors", "future", "isolate", "offset", "seq",
+        "start", "values",
     )
 
     def __init__(self, seq: int, start: int, columns: tuple[Any, ...]) -> None:
@@ -165,6 +167,9 @@ class _Chunk:
         self.values: list[Any] = []
         self.errors: list[int] = []  # positions in values that hold a returned error
         self.offset = 0  # calls of this chunk already settled
+        # Calls of this chunk the progress display has counted: settled ones, and those a
+        # running task reported done (progress ticks); never more than the chunk's calls.
+        self.counted = 0
         self.attempts = 0  # failed attempts of the call at ``offset``
         self.isolate = False  # after a worker died: one call at a time, to name the culprit
         self.future: ChunkFuture | None = None
@@ -247,9 +252,12 @@ class _Run:
     # -- submitting ------------------------------------------------------------------
     def submit(self, ch: _Chunk) -> None:
         while True:
+            on_done = None
+            if self.progress is not None:
+                on_done = functools.partial(self.ticked, ch, ch.offset)
             task = Task(
                 self.payload, ch.remaining(), self.stop_on_error, self.scope,
-                self.updates.receiver(ch.start + ch.offset),
+                self.updates.receiver(ch.start + ch.offset, on_done),
             )
             try:
                 fut = self.executor.submit(task)
@@ -389,9 +397,7 @@ class _Run:
         ch.offset += len(result.values)
         if ch.offset > base:
             ch.attempts = 0
-        if self.progress is not None and result.values:
-            done = self.plan.weight(ch.columns, base, len(result.values))
-            self.progress.update(done)
+        self.count(ch, ch.offset)
         if result.errors and self.stop_on_error:
             err = result.errors[0]
             self.failure(ch, err.exc, err.tb)
@@ -404,8 +410,24 @@ class _Run:
         ch.values.append(exc)
         ch.offset += 1
         ch.attempts = 0
-        if self.progress is not None:
-            self.progress.update(self.plan.weight(ch.columns, ch.offset - 1, 1))
+        self.count(ch, ch.offset)
+
+    def count(self, ch: _Chunk, upto: int) -> None:
+        """Show the chunk's calls up to ``upto`` as done, those not counted yet only once.
+
+        A task that ran calls and was then lost (its worker died, it timed out) reported
+        them in ticks; they run again, and are not counted again.
+        """
+        if self.progress is None or upto <= ch.counted:
+            return
+        upto = min(upto, ch.size)
+        self.progress.update(self.plan.weight(ch.columns, ch.counted, upto - ch.counted))
+        ch.counted = upto
+
+    def ticked(self, ch: _Chunk, base: int, done: int) -> None:
+        """A progress tick: ``done`` calls of the task that began at offset ``base`` of
+        ``ch`` are finished (called while dispatching updates, in the engine's thread)."""
+        self.count(ch, base + done)
 
     def check_timeouts(self) -> None:
         timeout = self.options.timeout

@@ -1,8 +1,10 @@
 """Progress displays for ``progress=``: a tqdm bar, or the user's own callable.
 
-The engine calls ``update(n)`` as chunks finish (``n`` calls, or batch elements) and
-``close()`` exactly once when the run ends, whether it finished, failed or was abandoned.
-Both run in the thread that consumes the results (the caller's).
+The engine calls ``update(n)`` as calls finish (``n`` calls, or batch elements): when a
+chunk finishes, and while a chunk runs, as its worker reports how many of its calls are done
+(at most every 0.1 s per chunk, on every job), each call counted once; and ``close()``
+exactly once when the run ends, whether it finished, failed or was abandoned. Both run in
+the thread that consumes the results (the caller's).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class ProgressBar:
 
 
 class ProgressCallback:
-    """Calls ``fn(done, total)`` after every finished chunk.
+    """Calls ``fn(done, total)`` as calls finish: after every finished chunk, and while a
+    chunk runs, at most every 0.1 s per chunk.
 
     ``done`` is the running count of calls (or batch elements); ``total`` is the expected
     count, or ``None`` when the input's length is unknown. An exception raised by ``fn``

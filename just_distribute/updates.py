@@ -12,6 +12,11 @@ the progress bar's postfix, ``report.updates``, the ``just_distribute`` logger a
                          cluster: dask events)                                 log.debug
 
 In-process jobs (io, web, serial) skip the worker side: the call writes into the sink.
+
+The same way carries progress *ticks* ("n calls of this chunk are done") while a chunk runs,
+when the run shows progress: ``run_chunk`` reports at most every ``TICK_SECONDS`` (never for
+a chunk that ends sooner), the outbox sends the latest count with its next batch, and the
+sink hands it to the engine, which counts the calls not yet counted (see ``TaskUpdates``).
 Both buffers are bounded: when the reader is slower than the call, older values of the same
 names in the same call are *coalesced* (dropped, counted) so the newest always survive, and
 ``update()`` never waits for the caller.
@@ -76,10 +81,17 @@ class Update:
 class Channel:
     """Where :func:`update` writes, installed by ``run_chunk`` for the calls of a chunk."""
 
-    __slots__ = ("calls", "emit")
+    __slots__ = ("calls", "emit", "tick")
 
-    def __init__(self, emit: Callable[[int, str | None, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        emit: Callable[[int, str | None, dict[str, Any]], None],
+        tick: Callable[[int], None] | None = None,
+    ) -> None:
         self.emit = emit
+        #: Where ``run_chunk`` reports how many of the chunk's calls are done (None: nobody
+        #: asked: the run shows no progress).
+        self.tick = tick
         self.calls: list[Any] = []  # the chunk's results so far: its length is the offset
 
 
@@ -183,7 +195,9 @@ class Outbox:
     so that the last values arrive first.
     """
 
-    def __init__(self, send: Callable[[list[Raw], int], None], interval: float = INTERVAL) -> None:
+    def __init__(
+        self, send: Callable[[list[Raw], int, int | None], None], interval: float = INTERVAL
+    ) -> None:
         self._send = send
         self._interval = interval
         self._buffer = _Buffer()
@@ -192,8 +206,11 @@ class Outbox:
         self._wake = threading.Event()
         self._closed = False
         self._seq = 0
+        self._done: int | None = None  # the running chunk's latest progress tick, unsent
         self._thread: threading.Thread | None = None
+        #: Where a chunk's calls publish; :attr:`ticking` also takes its progress ticks.
         self.channel = Channel(self.emit)
+        self.ticking = Channel(self.emit, self.tick)
 
     def emit(self, at: int, message: str | None, values: dict[str, Any]) -> None:
         """Buffer one record of the call at offset ``at``."""
@@ -201,15 +218,26 @@ class Outbox:
         with self._lock:
             self._seq += 1
             self._buffer.add((at, self._seq, time.time(), message, values), at, names)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="just_distribute-updates", daemon=True
-                )
-                self._thread.start()
+            self._start()
         # Setting an Event costs a lock and a notify: skip it while the sender is due
         # anyway (it clears the event before it takes the buffer, so nothing is missed).
         if not self._wake.is_set():
             self._wake.set()
+
+    def tick(self, done: int) -> None:
+        """``done`` calls of the running chunk are finished: send that with the next batch."""
+        with self._lock:
+            self._done = done
+            self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
+        # (under self._lock)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="just_distribute-updates", daemon=True
+            )
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:
@@ -220,9 +248,10 @@ class Outbox:
                     if self._closed:
                         return
                     records, dropped = self._buffer.take()
-                if records or dropped:
+                    done, self._done = self._done, None
+                if records or dropped or done is not None:
                     try:
-                        self._send(records, dropped)
+                        self._send(records, dropped, done)
                     except Exception as exc:  # the caller is gone: the outcome fails too
                         log.debug("updates: could not send %d records: %s", len(records), exc)
             time.sleep(self._interval)  # let the next records gather into one batch
@@ -230,9 +259,11 @@ class Outbox:
     def drain(self) -> tuple[list[Raw], int]:
         """The records not yet sent and the count dropped, once a batch being sent is gone.
 
-        Call it when the chunk's calls are done (nothing publishes meanwhile).
+        Call it when the chunk's calls are done (nothing publishes meanwhile). A progress
+        tick not yet sent is dropped: the chunk's outcome counts its calls.
         """
         with self._sending, self._lock:
+            self._done = None
             return self._buffer.take()
 
     def close(self) -> tuple[list[Raw], int]:
@@ -244,6 +275,7 @@ class Outbox:
             self._wake.set()
             thread.join()
         with self._lock:
+            self._done = None
             return self._buffer.take()
 
 
@@ -290,11 +322,31 @@ class UpdateSink:
         self._lock = threading.Lock()
         self._dispatch_lock = threading.Lock()
         self._latest: dict[str, Any] = {}
+        self._ticks: dict[TaskUpdates, int] = {}  # the latest count per task, not yet handed
 
     # -- delivery (any thread) -----------------------------------------------------------
-    def receiver(self, base: int) -> TaskUpdates:
-        """The handle of one task whose first call has index ``base`` in the run."""
-        return TaskUpdates(self, base)
+    def receiver(
+        self, base: int, on_done: Callable[[int], None] | None = None
+    ) -> TaskUpdates:
+        """The handle of one task whose first call has index ``base`` in the run.
+
+        Args:
+            base: the index of the task's first call in the run.
+            on_done: called (in the dispatching thread) with the number of the task's calls
+                done, as progress ticks arrive while it runs; ``None``: no ticks wanted.
+        """
+        return TaskUpdates(self, base, on_done)
+
+    def _tick(self, task: TaskUpdates, done: int) -> None:
+        with self._lock:
+            idle = not self._ticks and not self._buffer.records
+            if done <= self._ticks.get(task, 0):
+                return
+            self._ticks[task] = done
+        if self.owner is None or self.owner == threading.get_ident():
+            self.dispatch()
+        elif idle and self.wake is not None:
+            self.wake()
 
     def _put(self, updates: list[Update], dropped: int) -> None:
         with self._lock:
@@ -317,6 +369,11 @@ class UpdateSink:
         """Hand the buffered records to the callback, postfix, report and logger."""
         with self._dispatch_lock:
             while True:
+                with self._lock:
+                    ticks, self._ticks = self._ticks, {}
+                for task, done in ticks.items():
+                    if task.on_done is not None:
+                        task.on_done(done)
                 with self._lock:
                     buffer = self._buffer
                     if not buffer.records and not buffer.dropped:
@@ -369,14 +426,27 @@ class UpdateSink:
 
 
 class TaskUpdates:
-    """One task's way into an :class:`UpdateSink`: local records, or batches from a worker."""
+    """One task's way into an :class:`UpdateSink`: local records, or batches from a worker.
 
-    __slots__ = ("base", "last", "sink")
+    Progress ticks (how many of the task's calls are done) reach ``on_done`` through the
+    sink, in the dispatching thread; only a count higher than the last one is handed on, so
+    a tick that arrives late (after a higher one, or after the outcome) changes nothing.
+    """
 
-    def __init__(self, sink: UpdateSink, base: int) -> None:
+    __slots__ = ("base", "last", "on_done", "sink")
+
+    def __init__(
+        self, sink: UpdateSink, base: int, on_done: Callable[[int], None] | None = None
+    ) -> None:
         self.sink = sink
         self.base = base
+        self.on_done = on_done
         self.last = 0  # the highest seq received from the worker
+
+    @property
+    def wants_ticks(self) -> bool:
+        """Whether the run counts calls while the task runs (it shows progress)."""
+        return self.on_done is not None
 
     def channel(self, worker: str) -> Channel:
         """A channel for calls running in this process (threads, event loops, serial)."""
@@ -386,15 +456,25 @@ class TaskUpdates:
         def emit(at: int, message: str | None, values: dict[str, Any]) -> None:
             put([Update(base + at, worker, next(seq), time.time(), message, values)], 0)
 
-        return Channel(emit)
+        return Channel(emit, self.tick if self.on_done is not None else None)
 
-    def receive(self, worker: str, records: list[Raw], dropped: int) -> None:
-        """A batch sent by a worker's :class:`Outbox`.
+    def tick(self, done: int) -> None:
+        """``done`` of the task's calls are finished (a progress tick)."""
+        self.sink._tick(self, done)
+
+    def receive(
+        self, worker: str, records: list[Raw], dropped: int, done: int | None = None
+    ) -> None:
+        """A batch sent by a worker's :class:`Outbox`, with its progress tick, if any.
 
         Batches can arrive out of order on the cluster (live ones as dask events, the last
         one with the outcome): records older than one already received are superseded, and
         count as dropped.
         """
+        if done is not None:
+            self.sink._tick(self, done)
+            if not records and not dropped:
+                return
         base = self.base
         with self.sink._lock:
             fresh = [r for r in records if r[1] > self.last]
@@ -418,20 +498,21 @@ def iter_values(updates: list[Update], name: str) -> Iterator[Any]:
 FRAME_TAG = b"U"
 
 
-def encode(records: list[Raw], dropped: int) -> bytes:
-    """A batch as bytes; a value that cannot be pickled travels as its ``repr``."""
+def encode(records: list[Raw], dropped: int, done: int | None = None) -> bytes:
+    """A batch (and the chunk's progress tick, if any) as bytes; a value that cannot be
+    pickled travels as its ``repr``."""
     try:
-        return pickle.dumps((records, dropped), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((records, dropped, done), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         safe = [(at, seq, t, m, {k: _picklable(v) for k, v in vals.items()})
                 for at, seq, t, m, vals in records]
-        return pickle.dumps((safe, dropped), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((safe, dropped, done), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode(data: bytes | bytearray | memoryview) -> tuple[list[Raw], int]:
-    """The batch :func:`encode` wrote."""
-    records, dropped = pickle.loads(data)
-    return records, dropped
+def decode(data: bytes | bytearray | memoryview) -> tuple[list[Raw], int, int | None]:
+    """The batch :func:`encode` wrote: records, the count dropped, the progress tick."""
+    records, dropped, done = pickle.loads(data)
+    return records, dropped, done
 
 
 def _picklable(value: Any) -> Any:

@@ -47,6 +47,10 @@ class ChunkResult(NamedTuple):
 #: check costs nothing per call, and a withdrawn chunk ends within a slice.
 _SLICE_SECONDS = 0.005
 _MAX_SLICE = 1 << 16
+#: A running chunk reports its count of finished calls (for the progress display) at most
+#: this often, between two slices; a chunk that ends sooner reports nothing (its outcome
+#: counts its calls).
+TICK_SECONDS = 0.1
 
 
 def _run_rows(
@@ -93,7 +97,9 @@ def run_chunk(
     the chunk goes on. ``remote`` asks for the traceback as text, to cross a process line.
     ``channel`` receives the calls' :func:`~just_distribute.update` records.
     ``stopped``, when given, is asked between calls (in growing slices of calls) whether the
-    run was withdrawn; if it says so the chunk ends early, with the values it has.
+    run was withdrawn; if it says so the chunk ends early, with the values it has. Between
+    the same slices, a channel with a ``tick`` hears how many calls are done, at most every
+    :data:`TICK_SECONDS`.
     """
     token = current_job.set(job)
     started = time.time()
@@ -102,18 +108,24 @@ def run_chunk(
     # The channel reads len(values) for the running call's offset: no per-call cost.
     channel_token = _updates.install(channel, values)
     n = len(columns[0]) if columns else 0
+    tick = channel.tick if channel is not None else None
     try:
-        if stopped is None:
+        if stopped is None and tick is None:
             _run_rows(fn, columns, n, values, errors, stop_on_error, remote)
         else:
             step = 1
-            while len(values) < n and not stopped():
+            ticked = time.perf_counter()
+            while len(values) < n and not (stopped is not None and stopped()):
                 begin = time.perf_counter()
                 end = min(n, len(values) + step)
                 if _run_rows(fn, columns, end, values, errors, stop_on_error, remote):
                     break
-                if time.perf_counter() - begin < _SLICE_SECONDS:
+                now = time.perf_counter()
+                if now - begin < _SLICE_SECONDS:
                     step = min(step * 2, _MAX_SLICE)
+                if tick is not None and now - ticked >= TICK_SECONDS and len(values) < n:
+                    ticked = now
+                    tick(len(values))
     finally:
         _updates.uninstall(channel_token)
         current_job.reset(token)

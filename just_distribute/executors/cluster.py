@@ -36,7 +36,8 @@ one) runs serially in that task. A dask worker runs one task per thread; waiting
 cluster from inside it could deadlock a cluster whose every worker is waiting.
 
 Updates (:func:`just_distribute.update`): a chunk's records go as dask events on
-``UPDATE_TOPIC`` while it runs, its last ones with its outcome.
+``UPDATE_TOPIC`` while it runs, its last ones with its outcome; so do its progress ticks
+(how many calls are done) when the run shows progress.
 
 Timeouts: a worker announces each chunk it starts (a dask event), and the ``timeout=``
 clock of a chunk starts then, not while it waits in the scheduler's queue.
@@ -276,11 +277,11 @@ class ClusterExecutor(Executor):
             if receiver is None:
                 return
             try:
-                records, dropped = _updates.decode(data)
+                records, dropped, done = _updates.decode(data)
             except Exception as exc:  # a value whose class the caller cannot import
                 log.debug("updates of %s could not be read: %s", key, exc)
                 return
-            receiver.receive(worker, records, dropped)
+            receiver.receive(worker, records, dropped, done)
 
         client.subscribe_topic(UPDATE_TOPIC, on_updates)
 
@@ -361,7 +362,8 @@ class ClusterExecutor(Executor):
         try:
             dask_future = client.submit(
                 run_on_worker, payload, key_of_fn, data, task.stop_on_error,
-                fn_by_value or columns_by_value, _code.versions(), key=key, pure=False,
+                fn_by_value or columns_by_value, _code.versions(),
+                task.updates is not None and task.updates.wants_ticks, key=key, pure=False,
             )
         except BaseException:
             self._started_by_key.pop(key, None)
@@ -456,7 +458,7 @@ class ClusterExecutor(Executor):
         if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
             value, worker, tail = value
             if receiver is not None:
-                records, dropped = _updates.decode(tail)
+                records, dropped, _done = _updates.decode(tail)
                 receiver.receive(worker, records, dropped)
         if ok:
             try:

@@ -65,14 +65,15 @@ def importable(names: list[str]) -> list[str]:
 
 def run_on_worker(
     payload: bytes, key: str, data: bytes, stop_on_error: bool, by_value: bool = False,
-    versions: dict[str, str] | None = None,
+    versions: dict[str, str] | None = None, ticks: bool = False,
 ) -> Any:
     """The dask task of one chunk: rebuild the function and arguments, run, pack the outcome.
 
     ``by_value``: some of the code came by value; the outcome goes back with cloudpickle,
     so that the caller gets instances of its own classes back. ``versions``: the caller's
     (see :func:`.cluster_code.versions`); when this worker's differ, nothing is unpickled and
-    the caller is told which.
+    the caller is told which. ``ticks``: the run shows progress; the running chunk reports
+    how many calls are done with its update events.
 
     Returns the outcome's bytes; or, when the chunk's calls left updates unsent at its end,
     ``(outcome, worker name, updates)``: the last updates travel with the outcome.
@@ -111,7 +112,7 @@ def run_on_worker(
         worker.log_event(START_TOPIC, [task_key, worker.address])
         outbox = _updates.Outbox(functools.partial(_send_updates, worker, str(task_key)))
         stopped = cancelled_check(worker, task_key)
-    channel = outbox.channel if outbox is not None else None
+    channel = None if outbox is None else outbox.ticking if ticks else outbox.channel
     result = run_chunk(
         fn, columns, stop_on_error, name, "cluster", True, channel, stopped=stopped
     )
@@ -134,8 +135,12 @@ def _pack(result: Any, stop_on_error: bool, by_value: bool, strict: bool = False
     return _wire.pack_outcome(result, stop_on_error, dumps_by_value, strict)
 
 
-def _send_updates(worker: Any, key: str, records: list[Any], dropped: int) -> None:
-    worker.log_event(UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped)))
+def _send_updates(
+    worker: Any, key: str, records: list[Any], dropped: int, done: int | None = None
+) -> None:
+    worker.log_event(
+        UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped, done))
+    )
 
 
 def cancelled_check(worker: Any, key: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from just_distribute import updates as _updates
 from just_distribute.executors.base import ChunkFuture, Executor, Task, current_run, is_async
-from just_distribute.executors.chunk import CallError, ChunkResult, current_job
+from just_distribute.executors.chunk import TICK_SECONDS, CallError, ChunkResult, current_job
 from just_distribute.executors.threads import DaemonThreadPool, pass_failure, run_in_thread
 
 __all__ = ["CoroutineExecutor", "is_async"]
@@ -139,10 +139,16 @@ class CoroutineExecutor(Executor):
         started = time.time()
         values: list[Any] = []
         errors: list[CallError] = []
-        updates_token = _updates.install(task.channel(name), values)
+        channel = task.channel(name)
+        updates_token = _updates.install(channel, values)
+        tick = channel.tick if channel is not None else None
+        ticked = time.monotonic()
         try:
             scope = task.run
             for args in zip(*task.columns, strict=True):
+                if tick is not None and values and time.monotonic() - ticked >= TICK_SECONDS:
+                    ticked = time.monotonic()
+                    tick(len(values))  # the progress display counts the calls done so far
                 if scope.cancelled:
                     break  # the run ended early: its calls not yet started do not start
                 try:

@@ -12,9 +12,10 @@ Caller to worker:
 
 - ``(sys_path, parent_pid, name, initializer)``: the first frame; set up, run the
   initializer. The answer: ``("ready", pid, None)`` or ``("init-failed", None, traceback)``.
-- ``(key, function or None, arguments or None, stop_on_error)``: a chunk. The function is
-  sent once per worker and cached by key; sent alone, it is answered ``("loaded", None,
-  None)``.
+- ``(key, function or None, arguments or None, stop_on_error, seq, ticks)``: a chunk
+  (``seq`` numbers it for the control socket; ``ticks``: the run shows progress). The
+  function is sent once per worker and cached by key; sent alone, it is answered
+  ``("loaded", None, None)``.
 
 Worker to caller, for each chunk:
 
@@ -23,9 +24,11 @@ Worker to caller, for each chunk:
 - ``("unsendable", ChunkResult, message)``: a result or exception could not be pickled: it
   became its call's ``ReceiveError``.
 - ``("unloadable", None, traceback)``: the function or the arguments could not be rebuilt.
-- ``b"U"`` + the pickle of ``(records, dropped)``, between a chunk's start and its outcome:
-  a batch of the calls' ``update()`` records (:mod:`~just_distribute.updates`; the first
-  byte tells it from an outcome, whose pickle starts with ``0x80``).
+- ``b"U"`` + the pickle of ``(records, dropped, done)``, between a chunk's start and its
+  outcome: a batch of the calls' ``update()`` records and, when the chunk has ``ticks``, how
+  many of its calls are done (``None`` if unchanged; at most every 0.1 s)
+  (:mod:`~just_distribute.updates`; the first byte tells it from an outcome, whose pickle
+  starts with ``0x80``).
 
 The interpreter is started as ``python -P -c BOOTSTRAP fd ctl`` (:data:`BOOTSTRAP`): ``-P``
 keeps the caller's working directory off ``sys.path`` while the standard library loads (a
@@ -141,12 +144,14 @@ class _Control:
                 return
 
 
-def _send_updates(conn: socket.socket, records: list[Any], dropped: int) -> None:
+def _send_updates(
+    conn: socket.socket, records: list[Any], dropped: int, done: int | None = None
+) -> None:
     """Send a batch of the running chunk's updates (a frame between its start and outcome)."""
     from just_distribute.executors.wire import send_frame
     from just_distribute.updates import FRAME_TAG, encode
 
-    send_frame(conn, FRAME_TAG + encode(records, dropped))
+    send_frame(conn, FRAME_TAG + encode(records, dropped, done))
 
 
 def _format(exc: BaseException) -> str:
@@ -192,7 +197,7 @@ def main(deferred: tuple[str, ...] = ()) -> None:
             message = recv_frame(conn)
         except (EOFError, OSError):
             break
-        key, payload, data, stop_on_error, seq = pickle.loads(message)
+        key, payload, data, stop_on_error, seq, ticks = pickle.loads(message)
         try:
             fn = cache.get(key)
             if fn is None:
@@ -208,7 +213,8 @@ def main(deferred: tuple[str, ...] = ()) -> None:
             send_frame(conn, pickle.dumps(("unloadable", None, _format(exc))))
             continue
         result = run_chunk(
-            fn, columns, stop_on_error, name, "compute", True, outbox.channel,
+            fn, columns, stop_on_error, name, "compute", True,
+            outbox.ticking if ticks else outbox.channel,
             stopped=functools.partial(control.stopped, seq),
         )
         try:

@@ -175,7 +175,7 @@ class _Worker:
             _wire.send_frame(
                 self.conn,
                 pickle.dumps(
-                    (payload.key, payload.serialized(), None, False, 0), _wire.PROTOCOL
+                    (payload.key, payload.serialized(), None, False, 0, False), _wire.PROTOCOL
                 ),
             )
             reply = _wire.recv_frame(self.conn)
@@ -223,6 +223,7 @@ class _Worker:
     def _send(self, item: _Item) -> bool:
         """Start the worker if needed and send it a chunk; False if the chunk is settled."""
         payload, data, stop_on_error, fut = item
+        ticks = fut.updates is not None and fut.updates.wants_ticks
         if fut.cancelled():
             return False
         try:
@@ -249,7 +250,7 @@ class _Worker:
                 self.conn,
                 pickle.dumps(
                     (payload.key, payload.serialized() if first else None, data, stop_on_error,
-                     self.seq),
+                     self.seq, ticks),
                     protocol=_wire.PROTOCOL,
                 ),
             )
@@ -325,11 +326,11 @@ class _Worker:
         if fut.updates is None:
             return
         try:
-            records, dropped = _updates.decode(memoryview(frame)[1:])
+            records, dropped, done = _updates.decode(memoryview(frame)[1:])
         except Exception as exc:  # a value whose class the caller cannot import
             log.debug("updates from worker %s could not be read: %s", self.pid, exc)
             return
-        fut.updates.receive(f"compute-{self.index}", records, dropped)
+        fut.updates.receive(f"compute-{self.index}", records, dropped, done)
 
     def _deliver(self, reply: bytearray, fut: ChunkFuture) -> None:
         try:

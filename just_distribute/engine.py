@@ -435,6 +435,8 @@ class _Run:
             return
         now = time.monotonic()
         for fut, ch in list(self.pending.items()):
+            if fut not in self.pending:
+                continue  # withdrawn by the failure of one that timed out before it
             if fut.started_at is None or fut.done():
                 continue
             calls = 1 if ch.isolate else ch.size - ch.offset

@@ -101,8 +101,11 @@ class BareCluster:
     just_distribute: the caller's modules (these tests) are not importable there.
     """
 
-    def __init__(self, where: str, workers: int = 2, worker_path: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, where: str, workers: int = 2, worker_path: tuple[str, ...] = (), nthreads: int = 1
+    ) -> None:
         self.where = where
+        self.nthreads = nthreads
         self.log = open(os.path.join(where, "dask.log"), "w")  # noqa: SIM115
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
@@ -129,7 +132,8 @@ class BareCluster:
         with open(scheduler_file) as f:
             self.address: str = json.load(f)["address"]
         self.procs.append(subprocess.Popen(
-            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads", "1",
+            [DASK, "worker", self.address, "--nworkers", str(workers), "--nthreads",
+             str(self.nthreads),
              "--host", "127.0.0.1", "--no-dashboard"],
             cwd=where, env=bare_env(*worker_path), stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,

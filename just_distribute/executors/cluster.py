@@ -44,9 +44,13 @@ clock of a chunk starts then, not while it waits in the scheduler's queue.
 
 Withdrawing (an error, a timeout, a break out of ``f.iter``, Ctrl-C): the chunks' dask tasks
 are cancelled, so queued ones never start; a running one reads its worker's "cancelled"
-mark between calls and ends early. A call still running a second later (stuck in one long
-call, which dask cannot interrupt) costs its worker process if that worker has one thread:
-its nanny starts a fresh one, so the next call does not wait behind it.
+mark between calls and ends after its current call. A call still running after a grace
+(``WITHDRAW_GRACE``; a fifth of it after a timeout or Ctrl-C) is interrupted in its thread
+(``KeyboardInterrupt``, which ends Python code at once); one that survives that too (blocked
+in C code) costs its worker process if that worker has one thread: its nanny starts a fresh
+one, so the next call does not wait behind it. A worker with more threads (a cluster of
+one's own) is not restarted: it runs other work; the blocked call holds one of its threads
+until it returns. See :mod:`.cluster_worker`.
 """
 
 from __future__ import annotations
@@ -81,9 +85,10 @@ from just_distribute.executors.cluster_connect import stop_embedded
 from just_distribute.executors.cluster_worker import (
     START_TOPIC,
     UPDATE_TOPIC,
+    calls_running,
     exit_worker,
+    interrupt_calls,
     run_on_worker,
-    still_running,
 )
 from just_distribute.executors.sendable import dumps_columns
 from just_distribute.service.launch import on_stop
@@ -102,6 +107,8 @@ SCATTER_BYTES = 16 * 1024
 _import_distributed = _connect.import_distributed
 #: Seconds between two checks that the scheduler still answers, while chunks are out.
 _WATCH_EVERY = 1.0
+#: Seconds an interrupted call has to end before its (one-thread) worker is restarted.
+_INTERRUPT_GRACE = 0.2
 
 
 #: The states of a task on a dask worker whose thread runs it (cancelled: while running).
@@ -517,9 +524,10 @@ class ClusterExecutor(Executor):
     def withdraw(self, futures: Sequence[ChunkFuture], hard: bool) -> None:
         """Cancel the chunks' dask tasks in one message: queued ones never start, running
         ones end after their current call (see ``cluster_worker.cancelled_check``). A call
-        that still runs ``WITHDRAW_GRACE`` seconds later (stuck) gets its worker process
-        ended, if that worker has one thread (it runs nothing else): its nanny starts a
-        fresh one, and the next call does not wait behind the stuck one."""
+        that still runs ``WITHDRAW_GRACE`` seconds later (a fifth of that when ``hard``: a
+        timeout, Ctrl-C) is interrupted; if it runs on even then (blocked in C code), its
+        worker process is ended, if that worker has one thread (it runs nothing else): its
+        nanny starts a fresh one, and the next call does not wait behind the stuck one."""
         ours = [f for f in futures if isinstance(f, _DaskChunkFuture) and f.dask_future]
         tasks = [f.dask_future for f in ours]
         for f in futures:
@@ -536,8 +544,8 @@ class ClusterExecutor(Executor):
             try:
                 client.cancel(tasks)
                 if running:
-                    time.sleep(WITHDRAW_GRACE)
-                    self._restart_stuck(client, running)
+                    time.sleep(WITHDRAW_GRACE / 5 if hard else WITHDRAW_GRACE)
+                    self._free_stuck(client, running)
             except Exception as exc:  # the cluster is gone: nothing runs there any more
                 log.debug("cancelling %d dask tasks: %s", len(tasks), exc)
 
@@ -545,24 +553,40 @@ class ClusterExecutor(Executor):
         threading.Thread(target=cancel, name="just_distribute-cancel", daemon=True).start()
 
     @staticmethod
-    def _restart_stuck(client: Any, running: dict[str, list[str]]) -> None:
-        threads = client.nthreads()
-        candidates = [w for w in running if threads.get(w) == 1]
-        if not candidates:
+    def _free_stuck(client: Any, running: dict[str, list[str]]) -> None:
+        """Interrupt the withdrawn calls still running; restart the one-thread workers
+        whose call survives the interrupt (see :mod:`.cluster_worker`)."""
+
+        def ask(fn: Any) -> list[str]:
+            answers = {
+                w: client.run(fn, keys, workers=[w], on_error="return").get(w)
+                for w, keys in running.items()
+            }
+            return [w for w, yes in answers.items() if yes is True]
+
+        if not ask(interrupt_calls):
+            return  # every chunk ended between two calls
+        time.sleep(_INTERRUPT_GRACE)
+        stuck = ask(calls_running)
+        if not stuck:
             return
-        busy = {
-            w: client.run(still_running, running[w], workers=[w], on_error="return").get(w)
-            for w in candidates
-        }
-        stuck = [w for w, still in busy.items() if still is True]
-        if stuck:
+        threads = client.nthreads()
+        alone = [w for w in stuck if threads.get(w) == 1]
+        if alone:
             log.warning(
                 "restarting dask worker(s) %s: a withdrawn call is still running there",
-                ", ".join(stuck),
+                ", ".join(alone),
             )
             # Not restart_workers(): its graceful close waits for the stuck call. The
             # worker's nanny starts a fresh one as soon as this one is gone.
-            client.run(exit_worker, workers=stuck, wait=False)
+            client.run(exit_worker, workers=alone, wait=False)
+        kept = [w for w in stuck if w not in alone]
+        if kept:
+            log.warning(
+                "a withdrawn call blocked outside Python still holds a thread of dask "
+                "worker(s) %s until it returns (a worker with several threads is not "
+                "restarted: it runs other work)", ", ".join(kept),
+            )
 
     def stop(self, futures: Sequence[ChunkFuture]) -> None:
         """Cancel the chunks' dask tasks, and restart the workers still running them.

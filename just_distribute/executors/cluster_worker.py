@@ -1,10 +1,24 @@
 """The dask task of ``job="cluster"``: what runs on a worker (see :mod:`.cluster`).
 
 Kept apart from the caller's side so that a worker imports only what it runs.
+
+Stopping a withdrawn chunk, in three steps, each only if the one before did not free the
+thread (the caller drives them, see ``ClusterExecutor.withdraw``):
+
+1. between two calls the chunk reads its task's "cancelled" mark and ends
+   (:func:`cancelled_check`);
+2. a call still running is interrupted: ``KeyboardInterrupt`` is raised in the thread that
+   runs it (:func:`interrupt_calls`), as Ctrl-C would in a script. That ends Python code
+   at its next bytecode, not a call blocked in C (``time.sleep``, a socket wait, a long
+   numpy operation), which sees it when it returns;
+3. a one-thread worker whose call survived both is ended, and its nanny starts a fresh one
+   (:func:`exit_worker`). A worker with more threads runs other tasks and is kept: the
+   stuck call holds one of its threads until it returns (its result is dropped).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import pickle
 import threading
@@ -19,11 +33,12 @@ from just_distribute.executors.chunk import run_chunk
 __all__ = [
     "START_TOPIC",
     "UPDATE_TOPIC",
+    "calls_running",
     "cancelled_check",
     "exit_worker",
     "importable",
+    "interrupt_calls",
     "run_on_worker",
-    "still_running",
 ]
 
 #: The dask event topic on which a worker announces that it starts a chunk.
@@ -33,6 +48,61 @@ UPDATE_TOPIC = "just-distribute-chunk-updates"
 _WORKER_CACHE_SIZE = 8
 _worker_cache: OrderedDict[str, Any] = OrderedDict()
 _worker_lock = threading.Lock()
+
+
+class _Running:
+    """A chunk running in this worker: the thread that runs it, and whether it was
+    interrupted (at most once)."""
+
+    __slots__ = ("fired", "ident")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.fired = False
+
+
+#: The chunks running in this worker process, by task key (see :func:`interrupt_calls`).
+_running: dict[str, _Running] = {}
+_running_lock = threading.Lock()
+
+
+def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
+    # None clears an exception raised but not yet seen by the thread.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+def _finish(key: str, entry: _Running) -> None:
+    """The chunk's calls are over: it can no longer be interrupted (idempotent)."""
+    with _running_lock:
+        if _running.get(key) is entry:
+            del _running[key]
+        if entry.fired:  # raised, and maybe not seen yet: it must not hit what comes next
+            _set_async_exc(entry.ident, None)
+
+
+def interrupt_calls(keys: list[str]) -> bool:
+    """Run on a worker by the caller: interrupt the running calls of these withdrawn chunks.
+
+    Returns True if one of them was still running (and is now interrupted).
+    """
+    found = False
+    with _running_lock:
+        for key in keys:
+            entry = _running.get(key)
+            if entry is not None:
+                found = True
+                if not entry.fired:
+                    entry.fired = True
+                    _set_async_exc(entry.ident, KeyboardInterrupt)
+    return found
+
+
+def calls_running(keys: list[str]) -> bool:
+    """Run on a worker by the caller: does a call of one of these chunks still run here?"""
+    with _running_lock:
+        return any(key in _running for key in keys)
 
 
 def _load_function(key: str, payload: bytes) -> Any:
@@ -100,6 +170,7 @@ def run_on_worker(
         return _wire.dumps(("unloadable", None, tb))
     outbox: _updates.Outbox | None = None
     stopped = None
+    key_text = f"local-{id(columns)}"  # (not on a dask worker: nobody interrupts it)
     try:
         worker = get_worker()
     except ValueError:
@@ -110,12 +181,31 @@ def run_on_worker(
         # the chunk was queued.
         task_key = worker.get_current_task()
         worker.log_event(START_TOPIC, [task_key, worker.address])
-        outbox = _updates.Outbox(functools.partial(_send_updates, worker, str(task_key)))
+        key_text = str(task_key)
+        outbox = _updates.Outbox(functools.partial(_send_updates, worker, key_text))
         stopped = cancelled_check(worker, task_key)
     channel = None if outbox is None else outbox.ticking if ticks else outbox.channel
-    result = run_chunk(
-        fn, columns, stop_on_error, name, "cluster", True, channel, stopped=stopped
-    )
+    entry = _Running()
+    with _running_lock:
+        _running[key_text] = entry
+    try:
+        try:
+            result = run_chunk(
+                fn, columns, stop_on_error, name, "cluster", True, channel, stopped=stopped
+            )
+        finally:
+            _finish(key_text, entry)
+    except KeyboardInterrupt:
+        if not entry.fired:
+            raise
+        # Withdrawn, then interrupted (interrupt_calls): the caller no longer waits for
+        # this outcome; the exception was seen, so nothing is pending any more.
+        _finish(key_text, entry)
+        if outbox is not None:
+            outbox.close()
+        return _wire.dumps(
+            ("unsendable", None, "the chunk was withdrawn: its running call was interrupted")
+        )
     tail, dropped = outbox.close() if outbox is not None else ([], 0)
     # A Pool's function asks for results the standard pickle takes (MaybeEncodingError).
     strict = getattr(fn, "standard_pickle_results", False)
@@ -167,12 +257,3 @@ async def exit_worker() -> None:
     import os
 
     os._exit(75)
-
-
-def still_running(keys: list[str], dask_worker: Any = None) -> bool:
-    """Run on a worker by the caller: does it still execute one of ``keys``?"""
-    tasks = getattr(getattr(dask_worker, "state", None), "tasks", {})
-    return any(
-        getattr(tasks.get(k), "state", "") in ("executing", "long-running", "cancelled")
-        for k in keys
-    )

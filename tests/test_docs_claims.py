@@ -361,6 +361,37 @@ def test_guide_errors_md_L143_on_compute_a_timed_out_worker_is_killed() -> None:
     assert f([0.0])[0] != first  # replaced
 
 
+def spin_until_interrupted(seconds: float, *, marker: str) -> float:
+    """Python code busy for ``seconds``; leaves ``marker`` when interrupted."""
+    try:
+        end = time.time() + seconds
+        while time.time() < end:
+            pass
+    except KeyboardInterrupt:
+        Path(marker).touch()
+        raise
+    return seconds
+
+
+def test_guide_errors_md_L145_on_the_cluster_a_timed_out_call_is_interrupted(
+    cluster_address: str, tmp_path: Path
+) -> None:
+    says("guide/errors.md", 145, "0.2 s later the call is interrupted in its worker thread")
+    says("guide/errors.md", 145, "A worker with several threads (a cluster of your own) is never")
+    from just_distribute.executors import cluster
+
+    assert cluster.WITHDRAW_GRACE / 5 == 0.2 and cluster._INTERRUPT_GRACE == 0.2
+    marker = tmp_path / "interrupted"
+    f = distribute(job="cluster", address=cluster_address, timeout=1)(spin_until_interrupted)
+    with pytest.raises(CallTimeoutError):
+        f([30.0], marker=str(marker))
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the timed-out call was not interrupted in its thread"
+    # (the multi-thread case: tests/test_promises_runtime_cluster.py)
+
+
 def test_guide_errors_md_L150_a_dead_worker_raises_WorkerLostError_with_its_exit_code() -> None:
     says("guide/errors.md", 150, "raises `WorkerLostError` naming the call")
     f = distribute(job="compute", workers=2)(exit_on_three)
@@ -749,6 +780,25 @@ def test_recipes_progress_md_L36_total_is_None_for_an_input_of_unknown_length() 
     f = distribute(job="io", workers=2, progress=lambda d, t: seen.append((d, t)))(square)
     assert list(f.iter(x for x in range(10))) == [x * x for x in range(10)]
     assert seen and all(t is None for _, t in seen) and seen[-1][0] == 10
+
+
+def test_recipes_progress_md_L11_a_running_chunk_reports_at_most_every_tenth_of_a_second() -> None:
+    says("recipes/progress.md", 11, "how many of its calls are done, at most every 0.1 s")
+    says("recipes/progress.md", 14, "With `chunksize=100` and calls of 20 ms, the bar moves about")
+    says("recipes/progress.md", 16, "does not count them twice")
+    from just_distribute.executors.chunk import TICK_SECONDS
+
+    assert TICK_SECONDS == 0.1
+    seen: list[int] = []
+
+    def nap(x: int) -> int:
+        time.sleep(0.02)
+        return x
+
+    f = distribute(job="io", workers=2, chunksize=100, progress=lambda d, t: seen.append(d))(nap)
+    assert f(range(300)) == list(range(300))
+    assert seen[0] < 100 and seen[-1] == 300 and max(seen) == 300
+    assert len(seen) > 6  # well more than once per chunk of 100
 
 
 # == guide/executors.md ====================================================================

@@ -44,6 +44,9 @@ _MAX_ADAPTIVE_CHUNK = 100_000
 # chunks to find their records) and records should be small steps of the whole.
 _CHECKPOINT_PARTS = 100
 _CHECKPOINT_STREAM_CHUNK = 16
+#: A chunk sent to another process holds about this many bytes of arguments at most: large
+#: elements make small chunks (memory in flight, balance), small ones large chunks.
+_CHUNK_BYTES = 8 << 20
 _POLL = 0.5  # the longest single wait, so that every loop notices timeouts and signals
 #: Put in the queue of finished futures to wake the loop: updates are waiting, or a feed
 #: has new calls.
@@ -108,8 +111,12 @@ class _Sizer:
         fixed: bool = False,
         ramp: bool = False,
         name: str = "",
+        call_bytes: int | None = None,
     ) -> None:
         self.adaptive = False
+        self.cap = _MAX_ADAPTIVE_CHUNK
+        if executor.remote and call_bytes and options.chunksize is None:
+            self.cap = max(1, _CHUNK_BYTES // call_bytes)
         # With a progress display the first chunks are 1, 2, 4, ... calls (up to the chosen
         # size), so the display moves as soon as the first call is back. Not without one
         # (big runs keep their few large chunks), nor when the user chose the chunk size.
@@ -134,6 +141,8 @@ class _Sizer:
         else:
             self.size, self.adaptive = 1, True
             self.ramp = 0  # adaptive sizes start at one call already
+        if options.chunksize is None:
+            self.size = min(self.size, self.cap)
         self.target = executor.target_chunk_seconds
 
     def next(self) -> int:
@@ -151,7 +160,7 @@ class _Sizer:
             return
         ideal = int(self.target / per_call)
         # Grow at most 4x a step: the first measurements include warm-up.
-        self.size = max(1, min(ideal, self.size * 4, _MAX_ADAPTIVE_CHUNK))
+        self.size = max(1, min(ideal, self.size * 4, self.cap))
 
 
 class _Chunk:
@@ -227,7 +236,7 @@ class _Run:
         self.scope = RunScope()
         self.sizer = _Sizer(
             options, executor, plan.n, fixed=checkpoint is not None,
-            ramp=progress is not None, name=plan.name,
+            ramp=progress is not None, name=plan.name, call_bytes=plan.call_bytes(),
         )
         self.window = options.max_in_flight or executor.workers * executor.in_flight_per_worker
         # Workers stop a chunk at its first error whenever the engine may have to act on

@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import reprlib
+import sys
 import threading
 import typing
 from collections import deque
@@ -100,6 +101,20 @@ def _batch_slicer(coll: Any) -> tuple[int, Callable[[int, int], Any]]:
             return len(coll), lambda a, b: coll[a:b]
     items = list(coll)
     return len(items), lambda a, b: items[a:b]
+
+
+def size_of(value: Any) -> int:
+    """The bytes a value's data takes, cheaply: an array's ``nbytes``, a pandas object's
+    shallow memory use, a ``bytes``-like or ``str`` length, else ``sys.getsizeof``."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if is_pandas(value, "DataFrame") or is_pandas(value, "Series"):
+        used = value.memory_usage(deep=False)
+        return int(used.sum() if hasattr(used, "sum") else used)
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return len(value)
+    return sys.getsizeof(value)
 
 
 def cut_bounds(n: int, k: int) -> list[tuple[int, int]]:
@@ -261,6 +276,18 @@ class Plan:
                 return
             yield start, parts
             start += m
+
+    def call_bytes(self) -> int | None:
+        """About how many bytes one call's arguments hold, judged by the first call; ``None``
+        when that cannot be seen without consuming an iterator (or there is no call)."""
+        if self.feed is not None or not self.n:
+            return None
+        total = 0
+        for col in self.columns:
+            if not _sliceable(col):
+                return None
+            total += size_of(col[0])
+        return total
 
     def weight(
         self, columns: Sequence[Sequence[Any]], offset: int = 0, count: int | None = None

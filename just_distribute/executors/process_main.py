@@ -117,10 +117,14 @@ def defer_package_init(names: tuple[str, ...]) -> None:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    # A worker whose parent died (SIGKILL, OOM) must not run on as an orphan.
+    # A worker whose parent died (SIGKILL, OOM) must not run on as an orphan, nor leave the
+    # parent's shared-memory segments behind.
     while True:
         time.sleep(0.5)
         if os.getppid() != parent_pid:
+            from just_distribute.executors import shm
+
+            shm.sweep(parent_pid)
             os._exit(0)
 
 
@@ -179,6 +183,9 @@ def main(deferred: tuple[str, ...] = ()) -> None:
     threading.Thread(target=control.listen, daemon=True).start()
     sys_path, parent_pid, name, init_bytes = pickle.loads(recv_frame(conn))
     sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
+    from just_distribute.executors import shm
+
+    shm.set_owner(parent_pid)  # the segments this worker writes are named for its caller
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
     if init_bytes is not None:
@@ -222,10 +229,12 @@ def main(deferred: tuple[str, ...] = ()) -> None:
             if tail or dropped:  # before the outcome: the last values arrive first
                 _send_updates(conn, tail, dropped)
             strict = getattr(fn, "standard_pickle_results", False)  # a Pool's function
-            send_frame(conn, pack_outcome(result, stop_on_error, strict=strict))
+            send_frame(conn, pack_outcome(result, stop_on_error, strict=strict, shared=True))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break
+        del result, columns  # a chunk's arrays (views of its segment) go before the next
     conn.close()
+    shm.reap_if_orphaned(parent_pid)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from just_distribute.errors import (
     SendError,
     WorkerLostError,
 )
+from just_distribute.executors import shm as _shm
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult
@@ -156,6 +157,8 @@ class _Worker:
             self.conn.close()
         self._close_ctl()
         pid = self.pid if self.pid is not None else (self.proc.pid if self.proc else None)
+        if pid is not None:  # results it had written and no one will read
+            _shm.sweep(writer=pid)
         self.proc, self.conn = None, None
         if not fut.done():
             fut.set_exception(
@@ -175,7 +178,7 @@ class _Worker:
             _wire.send_frame(
                 self.conn,
                 pickle.dumps(
-                    (payload.key, payload.serialized(), None, False, 0, False), _wire.PROTOCOL
+                    (payload.key, _shm.payload_bytes(payload), None, False, 0, False), _wire.PROTOCOL
                 ),
             )
             reply = _wire.recv_frame(self.conn)
@@ -440,7 +443,7 @@ class ProcessExecutor(Executor):
     def submit(self, task: Task) -> ChunkFuture:
         """Serialise the chunk (in the caller, so a bad argument fails here) and queue it."""
         task.payload.serialized()
-        data = dumps_columns(task.columns, task.payload.name, "a worker process")
+        data = dumps_columns(task.columns, task.payload.name, "a worker process", shared=True)
         if not self._workers:
             self._start()
         fut = ChunkFuture()

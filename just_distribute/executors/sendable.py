@@ -77,20 +77,24 @@ def explain_columns(columns: Sequence[Sequence[Any]]) -> tuple[int, int, str] | 
     return None
 
 
-def dumps_columns(columns: Sequence[Sequence[Any]], name: str, where: str) -> bytes:
+def dumps_columns(
+    columns: Sequence[Sequence[Any]], name: str, where: str, shared: bool = False
+) -> bytes:
     """The chunk's arguments as bytes, for every executor that sends them elsewhere.
 
     Args:
         columns: the chunk's columns.
         name: the function's name, for the message.
         where: where they were to go ("a worker process", "the cluster").
+        shared: large arrays go through shared memory (a worker process on this machine);
+            the segment goes when the returned bytes are dropped.
 
     Raises:
         SendError: an argument cannot be serialised; ``at`` names its call in the chunk, so
             that the engine's note names the failed call on every job.
     """
     try:
-        return _wire.dumps(columns)
+        return _wire.dumps(columns, shared=shared)
     except Exception as exc:
         found = explain_columns(columns)
         why = f"{type(exc).__name__}: {exc}"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExceptionRecord",
+    "FrameCounter",
     "dumps",
     "dumps_function",
     "encode_exception",
@@ -42,6 +43,26 @@ _HEADER = struct.Struct("!Q")
 SOCKET_BUFFER = 4 << 20
 
 
+class FrameCounter:
+    """Frames and bytes this process has sent and received through the framing below.
+
+    Cheap enough to keep on (a few additions per message); what shows that large arrays
+    travel through shared memory and not through the sockets.
+    """
+
+    def __init__(self) -> None:
+        self.frames_sent = self.bytes_sent = self.largest_sent = 0
+        self.frames_received = self.bytes_received = self.largest_received = 0
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts now, as a dict."""
+        return dict(vars(self))
+
+
+#: This process's counts (approximate under many threads: no lock on the hot path).
+frames = FrameCounter()
+
+
 def send_frame(sock: socket.socket, data: bytes) -> None:
     """Send one length-prefixed message.
 
@@ -49,6 +70,10 @@ def send_frame(sock: socket.socket, data: bytes) -> None:
     ``multiprocessing.connection`` writes (and re-takes the GIL) once per buffer-full: on a
     busy caller every re-take can wait a full switch interval.
     """
+    frames.frames_sent += 1
+    frames.bytes_sent += len(data)
+    if len(data) > frames.largest_sent:
+        frames.largest_sent = len(data)
     header = _HEADER.pack(len(data))
     if len(data) < 65536:
         sock.sendall(header + data)
@@ -81,7 +106,12 @@ def recv_frame(sock: socket.socket) -> bytearray:
         EOFError: the other side closed the connection.
     """
     (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    return _recv_exact(sock, n)
+    data = _recv_exact(sock, n)
+    frames.frames_received += 1
+    frames.bytes_received += n
+    if n > frames.largest_received:
+        frames.largest_received = n
+    return data
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -143,7 +173,12 @@ def process_bound(obj: Any) -> str | None:
     return None
 
 
-def _dill_dumps(obj: Any) -> bytes:
+def _is_array(value: Any) -> bool:
+    cls = type(value)
+    return cls.__name__ == "ndarray" and cls.__module__ == "numpy"
+
+
+def _dill_pickler(file: Any, buffer_callback: Any = None) -> Any:
     import dill  # imported lazily: most payloads never need it
 
     class _Pickler(dill.Pickler):  # type: ignore[misc]
@@ -151,15 +186,35 @@ def _dill_dumps(obj: Any) -> bytes:
             what = process_bound(value)
             if what is not None:
                 raise pickle.PicklingError(f"{what}, it cannot be sent to another one")
+            if buffer_callback is not None and _is_array(value):
+                # dill's own reducer copies the array into the stream; numpy's protocol-5
+                # one hands its buffer to buffer_callback (shared memory when large).
+                return value.__reduce_ex__(5)
             return NotImplemented
 
+    return _Pickler(file, protocol=PROTOCOL, recurse=True, buffer_callback=buffer_callback)
+
+
+def _dill_dumps(obj: Any) -> bytes:
     buf = io.BytesIO()
-    _Pickler(buf, protocol=PROTOCOL, recurse=True).dump(obj)
+    _dill_pickler(buf).dump(obj)
     return buf.getvalue()
 
 
-def dumps_function(obj: Any) -> bytes:
-    """Serialise a function (with its bound constants), by reference where possible."""
+def dumps_function(obj: Any, shared: bool = False) -> bytes:
+    """Serialise a function (with its bound constants), by reference where possible.
+
+    ``shared``: its large buffers (array constants) go into one shared-memory segment that
+    every worker process maps (:mod:`~just_distribute.executors.shm`), kept while the
+    returned bytes live.
+    """
+    if shared:
+        from just_distribute.executors import shm
+
+        try:
+            return shm.dumps(obj, lambda f, cb: _FunctionPickler(f, 5, buffer_callback=cb), True)
+        except Exception:
+            return shm.dumps(obj, _dill_pickler, True)
     buf = io.BytesIO()
     try:
         _FunctionPickler(buf, protocol=PROTOCOL).dump(obj)
@@ -168,8 +223,19 @@ def dumps_function(obj: Any) -> bytes:
         return _dill_dumps(obj)
 
 
-def dumps(obj: Any) -> bytes:
-    """Serialise data: the C pickle, else dill. Raises the error of the last attempt."""
+def dumps(obj: Any, shared: bool = False) -> bytes:
+    """Serialise data: the C pickle, else dill. Raises the error of the last attempt.
+
+    ``shared``: large buffers (numpy arrays, pandas blocks) go through shared memory, for a
+    worker process on this machine (:mod:`~just_distribute.executors.shm`).
+    """
+    if shared:
+        from just_distribute.executors import shm
+
+        try:
+            return shm.dumps(obj)
+        except Exception:
+            return shm.dumps(obj, _dill_pickler)
     try:
         return pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
@@ -178,6 +244,10 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: bytes | bytearray) -> Any:
     """Rebuild what :func:`dumps` or :func:`dumps_function` wrote (dill output included)."""
+    if data[:1] == b"S":  # shm.TAG: large buffers in a shared-memory segment
+        from just_distribute.executors import shm
+
+        return shm.loads(data)
     try:
         return pickle.loads(data)
     except Exception:
@@ -322,7 +392,11 @@ def rebuild_exception(rec: ExceptionRecord) -> BaseException:
 
 
 def pack_outcome(
-    result: ChunkResult, stop_on_error: bool, by_value: Any = None, strict: bool = False
+    result: ChunkResult,
+    stop_on_error: bool,
+    by_value: Any = None,
+    strict: bool = False,
+    shared: bool = False,
 ) -> bytes:
     """Serialise a chunk's outcome in the worker: ``("ok", ChunkResult)`` with every
     exception as an :class:`ExceptionRecord`, or ``("unsendable", at, message)``.
@@ -331,7 +405,8 @@ def pack_outcome(
     classes by value, so that the caller gets its own classes back). ``strict`` (a
     ``Pool``'s function says ``standard_pickle_results``): results must pickle with the
     standard pickle, as in ``multiprocessing``; one that does not becomes that call's
-    ``ResultEncodingError``.
+    ``ResultEncodingError``. ``shared`` (a worker process on the caller's machine): large
+    result arrays go back through shared memory (:mod:`~just_distribute.executors.shm`).
 
     A result that cannot be sent back becomes the error of its own call (a
     :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
@@ -355,6 +430,13 @@ def pack_outcome(
             result = _refuse_code_results(result, stop_on_error)
         try:
             return bytes(by_value(("ok", encoded(result))))
+        except Exception:
+            pass
+    if shared:
+        from just_distribute.executors import shm
+
+        try:  # the C pickle: what a strict Pool asks for, too
+            return shm.dumps(("ok", encoded(result)), hand_over=True)
         except Exception:
             pass
     try:

@@ -1,0 +1,339 @@
+"""Large buffers through shared memory instead of the socket (``job="compute"`` only).
+
+Pickle protocol 5 hands every large contiguous buffer of a message (a numpy array, the
+numeric blocks of a pandas frame, a ``bytearray``) to a callback instead of copying it into
+the stream. Those of at least :data:`MIN_BYTES` go into one *segment*, a file in
+``/dev/shm`` (memory, not disk; the temporary folder where there is no ``/dev/shm``), and
+only the small stream and the segment's name cross the socket::
+
+    caller                                 /dev/shm                     worker
+    pickle(columns, buffer_callback) --> pwrite jd-<caller>-<pid>-n --> open, mmap, unlink
+    stream + name  ----------------------- socket ------------------->  pickle.loads(stream,
+                                                                          buffers=views of the map)
+    open, mmap, unlink   <----------------- jd-<caller>-<pid>-n <------- pwrite(results)
+
+The writer copies each buffer once, with ``pwrite`` (its pages never join the writer's
+resident memory); the reader maps the file, so an array it rebuilds is a view of the
+segment, not a copy. The reader unlinks a message's segment as soon as it has mapped it:
+from then on the memory lives exactly as long as the arrays that view it.
+
+Nothing is left behind. A segment's name holds the pid of the caller it serves (its
+*owner*) and of the process that wrote it, so that whoever outlives a writer can find its
+segments: the caller unlinks a chunk's input when the chunk is dropped (run, cancelled or
+its worker lost), the results a lost worker had written (:func:`sweep`), and every segment
+of its own at exit; a worker whose caller died (killed) unlinks all of that caller's
+segments before it exits (:func:`reap_if_orphaned`); and the first segment a process writes
+sweeps those whose owner is dead, for the case where caller and workers died together.
+
+This module is imported by worker processes: the standard library only, no numpy.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import mmap
+import os
+import pickle
+import secrets
+import struct
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "MIN_BYTES",
+    "TAG",
+    "dumps",
+    "is_shared",
+    "leftovers",
+    "loads",
+    "payload_bytes",
+    "reap_if_orphaned",
+    "set_owner",
+    "sweep",
+]
+
+#: Buffers of at least this many bytes travel through shared memory; smaller ones stay in
+#: the pickle (a segment costs a file, a map and page faults: ~0.1 ms).
+MIN_BYTES = 1 << 20
+#: The first byte of a message whose large buffers are in a segment (a pickle starts 0x80).
+TAG = b"S"
+PREFIX = "jd-"
+DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+_ALIGN = 64  # every buffer starts on a cache line (and numpy's preferred alignment)
+_META = struct.Struct("!I")
+
+_owner = os.getpid()
+_counter = itertools.count()
+_lock = threading.Lock()
+_started = False
+
+
+def set_owner(pid: int) -> None:
+    """In a worker: the pid of the caller that these segments serve (in its names)."""
+    global _owner
+    _owner = pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parse(name: str) -> tuple[int, int] | None:
+    """``(owner, writer)`` from a segment's file name, or None if it is not one of ours."""
+    if not name.startswith(PREFIX):
+        return None
+    parts = name[len(PREFIX):].split("-")
+    if len(parts) != 4 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def leftovers(owner: int | None = None) -> list[str]:
+    """The paths of the segments that exist now (of ``owner`` only, if given)."""
+    try:
+        names = os.listdir(DIR)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        ids = _parse(name)
+        if ids is not None and (owner is None or ids[0] == owner):
+            found.append(os.path.join(DIR, name))
+    return found
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def sweep(owner: int | None = None, writer: int | None = None) -> int:
+    """Unlink the segments of ``owner`` (default: this caller) written by ``writer`` (default:
+    any); return how many. The caller calls it for a worker it lost."""
+    owner = _owner if owner is None else owner
+    count = 0
+    for path in leftovers(owner):
+        ids = _parse(os.path.basename(path))
+        if ids is not None and (writer is None or ids[1] == writer):
+            _unlink(path)
+            count += 1
+    return count
+
+
+def _sweep_dead_owners() -> None:
+    for path in leftovers():
+        ids = _parse(os.path.basename(path))
+        if ids is not None and not _alive(ids[0]) and not _alive(ids[1]):
+            _unlink(path)
+
+
+def _first_use() -> None:
+    global _started
+    with _lock:
+        if _started:
+            return
+        _started = True
+    _sweep_dead_owners()
+    if _owner == os.getpid():  # the caller: whatever is still there at exit is nobody's
+        atexit.register(sweep, os.getpid())
+
+
+def reap_if_orphaned(parent: int, wait: float = 1.0) -> None:
+    """In a worker leaving its loop: if its caller died, unlink every segment of that caller.
+
+    A killed caller's socket closes a moment before the worker is re-parented, so the worker
+    waits up to ``wait`` seconds for that, but only when the caller has segments left
+    (a caller that just closed its pool has none in flight, and is not waited for).
+    """
+    if not leftovers(parent):
+        return
+    deadline = time.monotonic() + wait
+    while os.getppid() == parent and _alive(parent):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+    sweep(parent)
+
+
+# -- writing and reading -----------------------------------------------------------------
+
+
+class Shared(bytes):
+    """A message whose large buffers are in a segment, which it unlinks when dropped (if no
+    reader has yet). Pickles as plain bytes."""
+
+    path = ""
+
+    def __del__(self) -> None:
+        # (bytes cannot be weakly referenced, so no weakref.finalize; at interpreter exit
+        # the atexit sweep covers what this misses.)
+        with contextlib.suppress(Exception):
+            os.unlink(self.path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return bytes, (bytes(self),)
+
+
+def _new_path() -> str:
+    _first_use()
+    name = f"{PREFIX}{_owner}-{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
+    return os.path.join(DIR, name)
+
+
+def _write(buffers: list[memoryview]) -> tuple[str, list[tuple[int, int]]]:
+    """Write ``buffers`` into a new segment; its path and each buffer's (offset, length)."""
+    spans, end = [], 0
+    for buf in buffers:
+        spans.append((end, buf.nbytes))
+        end += -(-buf.nbytes // _ALIGN) * _ALIGN
+    path = _new_path()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, end)
+        for buf, (offset, length) in zip(buffers, spans, strict=True):
+            done = 0
+            while done < length:  # pwrite may write less than asked (2 GiB per call)
+                done += os.pwrite(fd, buf[done:], offset + done)
+    except BaseException:
+        _unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path, spans
+
+
+def dumps(
+    obj: Any,
+    pickler: Callable[..., Any] | None = None,
+    keep: bool = False,
+    hand_over: bool = False,
+) -> bytes:
+    """Serialise ``obj``, its buffers of :data:`MIN_BYTES` or more into a segment.
+
+    Args:
+        obj: what to send.
+        pickler: ``pickler(file, buffer_callback)`` returning an object with ``dump``;
+            default the C pickle at protocol 5.
+        keep: the segment is read by many (a function's constants): readers do not unlink
+            it; it goes when the returned bytes are dropped.
+        hand_over: the reader alone unlinks the segment (a worker's results, which it
+            drops once sent): plain bytes are returned, not a :class:`Shared`.
+
+    Returns:
+        Plain pickle bytes when there is no large buffer; else a :class:`Shared` message.
+    """
+    import io
+
+    big: list[memoryview] = []
+
+    def take(buf: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buf.raw()
+        except BufferError:  # not contiguous: it stays in the stream
+            return True
+        if raw.nbytes < MIN_BYTES:
+            return True
+        big.append(raw)
+        return False  # out of band
+
+    out = io.BytesIO()
+    if pickler is None:
+        pickle.Pickler(out, protocol=5, buffer_callback=take).dump(obj)
+        kind = "pickle"
+    else:
+        pickler(out, take).dump(obj)
+        kind = "dill"
+    if not big:  # a plain pickle (or dill) stream, as every reader knows it
+        return out.getvalue()
+    path, spans = _write(big)
+    try:
+        msg = Shared(TAG + _pack_meta((os.path.basename(path), spans, keep, kind)) + out.getvalue())
+    except BaseException:
+        _unlink(path)
+        raise
+    if hand_over:
+        return bytes(msg)
+    msg.path = path
+    return msg
+
+
+def _pack_meta(meta: tuple[Any, ...]) -> bytes:
+    data = pickle.dumps(meta, protocol=5)
+    return _META.pack(len(data)) + data
+
+
+def is_shared(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` was written by :func:`dumps` with a segment (not a plain pickle)."""
+    return bytes(data[:1]) == TAG
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """Rebuild what :func:`dumps` wrote; its arrays are views of the mapped segment."""
+    view = memoryview(data)
+    (n,) = _META.unpack(view[1 : 1 + _META.size])
+    start = 1 + _META.size
+    name, spans, keep, kind = pickle.loads(view[start : start + n])
+    stream = view[start + n :]
+    buffers: list[memoryview] = []
+    if name:
+        path = os.path.join(DIR, os.path.basename(name))
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            # A shared segment is mapped copy-on-write: a call that changes its constant in
+            # place changes its own copy, as when the constant came through the socket.
+            access = mmap.ACCESS_COPY if keep else mmap.ACCESS_WRITE
+            mapped = mmap.mmap(fd, size, access=access)
+        finally:
+            os.close(fd)
+            if not keep:
+                _unlink(path)
+        whole = memoryview(mapped)
+        buffers = [whole[offset : offset + length] for offset, length in spans]
+    if kind == "pickle":
+        return pickle.loads(stream, buffers=buffers)
+    import dill
+
+    return dill.loads(bytes(stream), buffers=buffers)
+
+
+_payloads: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_payloads_lock = threading.Lock()
+
+
+def payload_bytes(payload: Any) -> bytes:
+    """A run's function as sent to worker processes: its large keyword constants in one
+    segment that every worker maps (shared once, not copied per worker), unlinked when the
+    run's :class:`~just_distribute.executors.base.Payload` is dropped.
+
+    Falls back to ``payload.serialized()`` when nothing in it is large.
+    """
+    plain: bytes = payload.serialized()  # raises the SendError that names the culprit
+    if len(plain) < MIN_BYTES:
+        return plain
+    with _payloads_lock:
+        cached = _payloads.get(payload)
+        if cached is not None:
+            return cached
+        from just_distribute.executors import wire
+
+        try:
+            shared = wire.dumps_function(payload.fn, shared=True)
+        except Exception:
+            shared = plain
+        # Held as long as the payload lives (its run): the segment must outlive every
+        # send of the run, a worker started late included; dropped with it, it is unlinked.
+        _payloads[payload] = shared
+        return shared

@@ -38,7 +38,7 @@ from just_distribute.executors import wire as _wire
 from just_distribute.executors.base import ChunkFuture, Executor, Payload, Task
 from just_distribute.executors.chunk import ChunkResult
 from just_distribute.executors.process_main import _PAYLOAD_CACHE_SIZE, BOOTSTRAP
-from just_distribute.executors.sendable import dumps_columns
+from just_distribute.executors.sendable import dumps_columns, shared_payload
 
 __all__ = ["ProcessExecutor"]
 
@@ -178,7 +178,7 @@ class _Worker:
             _wire.send_frame(
                 self.conn,
                 pickle.dumps(
-                    (payload.key, _shm.payload_bytes(payload), None, False, 0, False), _wire.PROTOCOL
+                    (payload.key, shared_payload(payload), None, False, 0, False), _wire.PROTOCOL
                 ),
             )
             reply = _wire.recv_frame(self.conn)
@@ -442,12 +442,14 @@ class ProcessExecutor(Executor):
 
     def submit(self, task: Task) -> ChunkFuture:
         """Serialise the chunk (in the caller, so a bad argument fails here) and queue it."""
-        task.payload.serialized()
+        shared_payload(task.payload, task.run)  # its constants' segment lasts the run
         data = dumps_columns(task.columns, task.payload.name, "a worker process", shared=True)
         if not self._workers:
             self._start()
         fut = ChunkFuture()
         fut.updates = task.updates
+        if isinstance(data, _shm.Shared):  # its segment lives until the chunk is settled
+            fut.add_done_callback(data.release)
         self.queue.put((task.payload, data, task.stop_on_error, fut))
         return fut
 

@@ -7,14 +7,17 @@ into "its keyword constant 'rows' (a generator) cannot be pickled".
 from __future__ import annotations
 
 import functools
+import threading
 import types
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from just_distribute.errors import SendError
+from just_distribute.executors import shm as _shm
 from just_distribute.executors import wire as _wire
 
-__all__ = ["dumps_columns", "explain_columns", "explain_function"]
+__all__ = ["dumps_columns", "explain_columns", "explain_function", "shared_payload"]
 
 
 def _why(value: Any) -> str | None:
@@ -108,3 +111,40 @@ def dumps_columns(
         )
         err.at = found[0] if found is not None else None
         raise err from exc
+
+
+_payloads: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_payloads_lock = threading.Lock()
+
+
+def shared_payload(payload: Any, scope: Any = None) -> bytes:
+    """A run's function as sent to worker processes on this machine: its large keyword
+    constants in one shared-memory segment that every worker maps (shared once, not copied
+    per worker), unlinked when the run's ``scope``
+    (:class:`~just_distribute.executors.base.RunScope`) closes; the workers that mapped it
+    keep their map. ``payload.serialized()`` itself when nothing in it is large.
+
+    Raises:
+        SendError: the function or a constant cannot be sent (from ``serialized()``).
+    """
+    plain: bytes = payload.serialized()
+    if len(plain) < _shm.MIN_BYTES:
+        return plain
+    with _payloads_lock:
+        cached = _payloads.get(payload)
+        if cached is None:
+            try:
+                cached = _wire.dumps_function(payload.fn, shared=True)
+            except Exception:
+                cached = plain
+            # Kept for the whole run: a worker started late maps the same segment.
+            _payloads[payload] = cached
+            if isinstance(cached, _shm.Shared) and scope is not None:
+                scope.on_close(functools.partial(_release_payload, payload, cached))
+        return cached
+
+
+def _release_payload(payload: Any, message: _shm.Shared) -> None:
+    with _payloads_lock:
+        _payloads.pop(payload, None)
+    message.release()

@@ -41,7 +41,6 @@ import struct
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -52,15 +51,17 @@ __all__ = [
     "is_shared",
     "leftovers",
     "loads",
-    "payload_bytes",
     "reap_if_orphaned",
     "set_owner",
     "sweep",
 ]
 
-#: Buffers of at least this many bytes travel through shared memory; smaller ones stay in
-#: the pickle (a segment costs a file, a map and page faults: ~0.1 ms).
+#: A message whose buffers of :data:`MIN_BUFFER` bytes or more add up to at least this many
+#: bytes sends them through shared memory; a smaller one stays one pickle (a segment costs a
+#: file, a map and its page faults: about 0.1 ms, what the socket takes for ~1 MB).
 MIN_BYTES = 1 << 20
+#: Buffers smaller than this always stay in the pickle.
+MIN_BUFFER = 64 << 10
 #: The first byte of a message whose large buffers are in a segment (a pickle starts 0x80).
 TAG = b"S"
 PREFIX = "jd-"
@@ -176,11 +177,16 @@ class Shared(bytes):
 
     path = ""
 
+    def release(self, *_: object) -> None:
+        """Unlink the segment if no reader has yet (the message's chunk is settled); takes
+        and ignores a future, to serve as its done-callback."""
+        with contextlib.suppress(Exception):
+            os.unlink(self.path)
+
     def __del__(self) -> None:
         # (bytes cannot be weakly referenced, so no weakref.finalize; at interpreter exit
         # the atexit sweep covers what this misses.)
-        with contextlib.suppress(Exception):
-            os.unlink(self.path)
+        self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return bytes, (bytes(self),)
@@ -236,30 +242,35 @@ def dumps(
     """
     import io
 
-    big: list[memoryview] = []
+    def pickled(limit: float) -> tuple[bytes, list[memoryview]]:
+        big: list[memoryview] = []
 
-    def take(buf: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buf.raw()
-        except BufferError:  # not contiguous: it stays in the stream
-            return True
-        if raw.nbytes < MIN_BYTES:
-            return True
-        big.append(raw)
-        return False  # out of band
+        def take(buf: pickle.PickleBuffer) -> bool:
+            try:
+                raw = buf.raw()
+            except BufferError:  # not contiguous: it stays in the stream
+                return True
+            if raw.nbytes < limit:
+                return True
+            big.append(raw)
+            return False  # out of band
 
-    out = io.BytesIO()
-    if pickler is None:
-        pickle.Pickler(out, protocol=5, buffer_callback=take).dump(obj)
-        kind = "pickle"
-    else:
-        pickler(out, take).dump(obj)
-        kind = "dill"
-    if not big:  # a plain pickle (or dill) stream, as every reader knows it
-        return out.getvalue()
+        out = io.BytesIO()
+        if pickler is None:
+            pickle.Pickler(out, protocol=5, buffer_callback=take).dump(obj)
+        else:
+            pickler(out, take).dump(obj)
+        return out.getvalue(), big
+
+    kind = "pickle" if pickler is None else "dill"
+    stream, big = pickled(MIN_BUFFER)
+    if sum(b.nbytes for b in big) < MIN_BYTES:
+        if big:  # not worth a segment after all: every buffer in the stream
+            stream, big = pickled(float("inf"))
+        return stream  # a plain pickle (or dill) stream, as every reader knows it
     path, spans = _write(big)
     try:
-        msg = Shared(TAG + _pack_meta((os.path.basename(path), spans, keep, kind)) + out.getvalue())
+        msg = Shared(TAG + _pack_meta((os.path.basename(path), spans, keep, kind)) + stream)
     except BaseException:
         _unlink(path)
         raise
@@ -307,33 +318,3 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
     import dill
 
     return dill.loads(bytes(stream), buffers=buffers)
-
-
-_payloads: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_payloads_lock = threading.Lock()
-
-
-def payload_bytes(payload: Any) -> bytes:
-    """A run's function as sent to worker processes: its large keyword constants in one
-    segment that every worker maps (shared once, not copied per worker), unlinked when the
-    run's :class:`~just_distribute.executors.base.Payload` is dropped.
-
-    Falls back to ``payload.serialized()`` when nothing in it is large.
-    """
-    plain: bytes = payload.serialized()  # raises the SendError that names the culprit
-    if len(plain) < MIN_BYTES:
-        return plain
-    with _payloads_lock:
-        cached = _payloads.get(payload)
-        if cached is not None:
-            return cached
-        from just_distribute.executors import wire
-
-        try:
-            shared = wire.dumps_function(payload.fn, shared=True)
-        except Exception:
-            shared = plain
-        # Held as long as the payload lives (its run): the segment must outlive every
-        # send of the run, a worker started late included; dropped with it, it is unlinked.
-        _payloads[payload] = shared
-        return shared

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import compute, dask_cluster, startup, waiting
+from . import arrays, compute, dask_cluster, startup, waiting
 from .harness import Config, Scenario, machine, versions
 from .report import plot, write_markdown
 
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, Callable[[Config], Scenario]] = {
     "S7": startup.s7_warm,
     "S7c": startup.s7_cold,
     "S8": startup.s8,
+    "S9": arrays.s9,
 }
 
 

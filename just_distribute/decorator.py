@@ -69,7 +69,21 @@ def _flatten(values: list[Any]) -> Any:
     if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
         import numpy as np
 
-        return np.concatenate(values)
+        tail, dtype = first.shape[1:], first.dtype
+        if first.ndim == 0 or any(
+            type(v) is not kind or v.dtype != dtype or v.shape[1:] != tail for v in values
+        ):
+            return np.concatenate(values)  # (its own promotion rules, or its error)
+        # Part by part, each dropped once copied: a part that came back through shared
+        # memory is unmapped at once, so the caller never holds the parts and the whole.
+        out = np.empty((sum(len(v) for v in values), *tail), dtype)
+        first = None  # (or the first part would stay mapped to the end)
+        at = 0
+        for i, part in enumerate(values):
+            out[at : at + len(part)] = part
+            at += len(part)
+            values[i] = part = None
+        return out
     if kind.__module__.startswith("pandas"):
         import pandas as pd
 
@@ -217,6 +231,7 @@ class Distributed(Generic[P, R]):
         values: list[Any] = []
         for part in self._chunks(plan, options, ex, True, rep if report else None):
             values.extend(part)
+        part = []  # (the last chunk's list would keep its results alive through _flatten)
         return RunResult(_flatten(values) if plan.flatten else values, rep)
 
     # -- the public methods ----------------------------------------------------------

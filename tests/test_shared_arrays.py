@@ -341,3 +341,49 @@ def test_callers_extra_peak_memory_stays_near_the_results_size(
     # copies part by part, each unmapped once copied. (The peak is the process's own
     # VmHWM: ru_maxrss would start at the parent's, pytest's.)
     assert 0.9 <= extra <= 1.2, figures
+
+
+def test_a_script_with_its_function_in_main(tmp_path: Path) -> None:
+    """The user's setting: the function (sent by value, through dill) and a large constant
+    live in ``__main__``; arrays still go through shared memory, both ways."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent('''
+        import json, os
+        import numpy as np
+        from just_distribute import distribute
+        from just_distribute.executors import shm, wire
+
+        @distribute(job="compute", workers=2, flatten=True)
+        def shift(batch: np.ndarray, *, offsets: np.ndarray) -> np.ndarray:
+            return batch + offsets[: len(batch)]
+
+        if __name__ == "__main__":
+            data = np.arange(4_000_000, dtype=np.float64)
+            offsets = np.full(4_000_000, 0.5)
+            before = wire.frames.snapshot()
+            out = shift(data, offsets=offsets)
+            after = wire.frames.snapshot()
+            halves = np.array_split(data, 2)
+            expected = np.concatenate([h + offsets[: len(h)] for h in halves])
+            print(json.dumps({
+                "equal": bool(np.array_equal(out, expected)),
+                "sent": after["bytes_sent"] - before["bytes_sent"],
+                "received": after["bytes_received"] - before["bytes_received"],
+                "left": shm.leftovers(os.getpid()),
+            }))
+    '''))
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=script_env(),
+        timeout=100, check=True,
+    )
+    figures = json.loads(out.stdout)
+    assert figures["equal"]
+    assert figures["sent"] < SMALL and figures["received"] < SMALL, figures
+    assert figures["left"] == []
+
+
+def test_the_recipe_states_the_thresholds_in_force() -> None:
+    text = (ROOT / "docs" / "recipes" / "cpu.md").read_text(encoding="utf-8")
+    assert shm.MIN_BUFFER == 64 << 10 and "**64 KiB or more**" in text
+    assert shm.MIN_BYTES == 1 << 20 and "**1 MiB**" in text
+    assert _CHUNK_BYTES == 8 << 20 and "at most about 8 MiB of arguments" in text

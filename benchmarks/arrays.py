@@ -157,7 +157,8 @@ def s9(cfg: Config) -> Scenario:
             f"The caller's peak RSS over its RSS with the input allocated: "
             f"{peaks[False]:.2f}x the input's size for the list of sorted batches (the "
             f"results themselves, views of their segments), {peaks[True]:.2f}x with "
-            f"flatten=True (the concatenation is a second copy while the views live)."
+            f"flatten=True (the parts are copied into the joined array one at a time, each "
+            f"unmapped once copied)."
         )
     sc.notes.append(
         "The input goes to the workers through shared memory, the caller writing each batch "

@@ -36,9 +36,7 @@ import itertools
 import mmap
 import os
 import pickle
-import secrets
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +63,16 @@ MIN_BUFFER = 64 << 10
 #: The first byte of a message whose large buffers are in a segment (a pickle starts 0x80).
 TAG = b"S"
 PREFIX = "jd-"
-DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+def _folder() -> str:
+    if os.path.isdir("/dev/shm"):
+        return "/dev/shm"
+    import tempfile  # (not imported where there is /dev/shm: workers start faster)
+
+    return tempfile.gettempdir()
+
+
+DIR = _folder()
 _ALIGN = 64  # every buffer starts on a cache line (and numpy's preferred alignment)
 _META = struct.Struct("!I")
 
@@ -194,7 +201,7 @@ class Shared(bytes):
 
 def _new_path() -> str:
     _first_use()
-    name = f"{PREFIX}{_owner}-{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
+    name = f"{PREFIX}{_owner}-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
     return os.path.join(DIR, name)
 
 

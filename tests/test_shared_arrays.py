@@ -276,16 +276,21 @@ def test_no_segment_left_after_ctrl_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_no_segment_left_after_the_caller_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["wait", "idle"])
+def test_no_segment_left_after_the_caller_is_killed(tmp_path: Path, mode: str) -> None:
+    """Killed while its workers are busy (they notice their parent is gone) or while they
+    are idle (they notice the closed socket)."""
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "big_arrays.py"), str(tmp_path), "wait"],
+        [sys.executable, str(SCRIPTS / "big_arrays.py"), str(tmp_path), mode],
         stdout=subprocess.PIPE, text=True, env=script_env(),
     )
     try:
-        ready = next(_events(proc))
-        pid = int(str(ready["pid"]))
+        events = _events(proc)
+        pid = int(str(next(events)["pid"]))
         deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("started-*"))) < 2:
+        if mode == "idle":
+            assert next(events)["event"] == "consuming"
+        while mode == "wait" and len(list(tmp_path.glob("started-*"))) < 2:
             assert time.monotonic() < deadline, "the calls never started"
             time.sleep(0.05)
         # Two chunks run, two more wait in the caller, the constant's segment is mapped:

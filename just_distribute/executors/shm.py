@@ -158,21 +158,40 @@ def _first_use() -> None:
         atexit.register(sweep, os.getpid())
 
 
+def _dying(pid: int) -> bool | None:
+    """Whether ``pid`` is exiting or gone (Linux: its /proc flags); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return True if os.path.isdir("/proc/self") else None  # gone (if there is a /proc)
+    except OSError:
+        return None
+    state, flags = fields[0], int(fields[6])
+    return state in (b"Z", b"X") or bool(flags & 0x4)  # PF_EXITING: set before its files close
+
+
 def reap_if_orphaned(parent: int, wait: float = 1.0) -> None:
     """In a worker leaving its loop: if its caller died, unlink every segment of that caller.
 
-    A killed caller's socket closes a moment before the worker is re-parented, so the worker
-    waits up to ``wait`` seconds for that, but only when the caller has segments left
-    (a caller that just closed its pool has none in flight, and is not waited for).
+    A killed caller's socket closes while it exits, a moment before the worker is
+    re-parented; on Linux its /proc flags already say it is exiting then. Elsewhere the
+    worker waits up to ``wait`` seconds for the re-parenting, and only when the caller has
+    segments left. A caller that just closed its pool is alive and not exiting: nothing is
+    touched and nothing waits.
     """
     if not leftovers(parent):
         return
-    deadline = time.monotonic() + wait
-    while os.getppid() == parent and _alive(parent):
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.005)
-    sweep(parent)
+    dying = _dying(parent) if os.getppid() == parent else True
+    if dying is None:
+        deadline = time.monotonic() + wait
+        while os.getppid() == parent and _alive(parent):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        dying = True
+    if dying:
+        sweep(parent)
 
 
 # -- writing and reading -----------------------------------------------------------------
@@ -183,12 +202,16 @@ class Shared(bytes):
     reader has yet). Pickles as plain bytes."""
 
     path = ""
+    # Held by the class: __del__ may run while the interpreter tears the module down.
+    _remove = staticmethod(os.unlink)
 
     def release(self, *_: object) -> None:
         """Unlink the segment if no reader has yet (the message's chunk is settled); takes
         and ignores a future, to serve as its done-callback."""
-        with contextlib.suppress(Exception):
-            os.unlink(self.path)
+        try:  # noqa: SIM105 (not contextlib: at teardown the module's globals are gone)
+            self._remove(self.path)
+        except Exception:  # already unlinked by its reader: the usual case
+            pass
 
     def __del__(self) -> None:
         # (bytes cannot be weakly referenced, so no weakref.finalize; at interpreter exit

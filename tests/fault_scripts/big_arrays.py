@@ -4,7 +4,9 @@ Usage: python big_arrays.py MARKER_DIR MODE
 
 MODE "sigint": the caller sends itself SIGINT once the workers run; it reports the
 segments of its own left right after the KeyboardInterrupt, then exits. MODE "wait": the
-caller blocks in the run (the test kills it with SIGKILL). Each line printed is one JSON
+caller blocks in the run (the test kills it with SIGKILL). MODE "idle": quick calls, read
+with ``iter`` by a caller that dawdles over the first result, so that the workers sit idle
+while the run's segments exist (the test kills it with SIGKILL). Each line printed is one JSON
 event; the function lives in ``__main__``, as in a user's script.
 """
 
@@ -29,6 +31,10 @@ def slow_sum(batch: np.ndarray, *, marker_dir: str, table: np.ndarray) -> float:
     return float(batch.sum() + table[0])
 
 
+def quick_sum(batch: np.ndarray, *, table: np.ndarray) -> np.ndarray:
+    return batch + table[0]
+
+
 def say(**event: object) -> None:
     print(json.dumps(event), flush=True)
 
@@ -39,6 +45,11 @@ def main() -> None:
     table = np.ones(2_000_000)  # a 16 MB keyword constant, shared by the workers
     run = distribute(slow_sum, job="compute", workers=2, batches=8)
     say(event="ready", pid=os.getpid())
+    if mode == "idle":
+        quick = distribute(quick_sum, job="compute", workers=2, batches=8)
+        for _ in quick.iter(data, table=table):
+            say(event="consuming")
+            time.sleep(60)
     if mode == "sigint":
         def interrupt() -> None:
             while len(os.listdir(marker_dir)) < 2:

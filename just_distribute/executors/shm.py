@@ -2,9 +2,10 @@
 
 Pickle protocol 5 hands every large contiguous buffer of a message (a numpy array, the
 numeric blocks of a pandas frame, a ``bytearray``) to a callback instead of copying it into
-the stream. Those of at least :data:`MIN_BYTES` go into one *segment*, a file in
-``/dev/shm`` (memory, not disk; the temporary folder where there is no ``/dev/shm``), and
-only the small stream and the segment's name cross the socket::
+the stream. When those of :data:`MIN_BUFFER` bytes or more add up to :data:`MIN_BYTES`,
+they go into one *segment*, a file in ``/dev/shm`` (memory, not disk; the temporary folder
+where there is no ``/dev/shm``), and only the small stream and the segment's name cross the
+socket::
 
     caller                                 /dev/shm                     worker
     pickle(columns, buffer_callback) --> pwrite jd-<caller>-<pid>-n --> open, mmap, unlink
@@ -19,11 +20,12 @@ from then on the memory lives exactly as long as the arrays that view it.
 
 Nothing is left behind. A segment's name holds the pid of the caller it serves (its
 *owner*) and of the process that wrote it, so that whoever outlives a writer can find its
-segments: the caller unlinks a chunk's input when the chunk is dropped (run, cancelled or
-its worker lost), the results a lost worker had written (:func:`sweep`), and every segment
-of its own at exit; a worker whose caller died (killed) unlinks all of that caller's
-segments before it exits (:func:`reap_if_orphaned`); and the first segment a process writes
-sweeps those whose owner is dead, for the case where caller and workers died together.
+segments: the caller unlinks a chunk's input when the chunk is settled (run, cancelled or
+its worker lost), a run's constants when the run ends, the results a lost worker had
+written (:func:`sweep`), and every segment of its own at exit; a worker whose caller died
+(killed) unlinks all of that caller's segments before it exits (:func:`reap_if_orphaned`);
+and the first segment a process writes sweeps those whose owner and writer are both dead,
+for the case where caller and workers died together.
 
 This module is imported by worker processes: the standard library only, no numpy.
 """

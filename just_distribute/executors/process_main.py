@@ -30,6 +30,10 @@ Worker to caller, for each chunk:
   (:mod:`~just_distribute.updates`; the first byte tells it from an outcome, whose pickle
   starts with ``0x80``).
 
+Either way, a function, the arguments or an outcome whose large arrays went through shared
+memory is ``b"S"`` + the segment's name and a small pickle instead of the whole pickle
+(:mod:`~just_distribute.executors.shm`; ``wire.loads`` reads both forms).
+
 The interpreter is started as ``python -P -c BOOTSTRAP fd ctl`` (:data:`BOOTSTRAP`): ``-P``
 keeps the caller's working directory off ``sys.path`` while the standard library loads (a
 ``socket.py`` there would shadow the real one); the caller's own ``sys.path`` arrives in the

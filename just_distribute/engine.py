@@ -114,8 +114,9 @@ class _Sizer:
         call_bytes: int | None = None,
     ) -> None:
         self.adaptive = False
-        self.cap = _MAX_ADAPTIVE_CHUNK
-        if executor.remote and call_bytes and options.chunksize is None:
+        self.cap: int | None = None  # calls per chunk at most, by their bytes
+        # (Not with a checkpoint: its chunk bounds must not depend on the job either.)
+        if executor.remote and call_bytes and options.chunksize is None and not fixed:
             self.cap = max(1, _CHUNK_BYTES // call_bytes)
         # With a progress display the first chunks are 1, 2, 4, ... calls (up to the chosen
         # size), so the display moves as soon as the first call is back. Not without one
@@ -141,7 +142,7 @@ class _Sizer:
         else:
             self.size, self.adaptive = 1, True
             self.ramp = 0  # adaptive sizes start at one call already
-        if options.chunksize is None:
+        if self.cap is not None:
             self.size = min(self.size, self.cap)
         self.target = executor.target_chunk_seconds
 
@@ -160,7 +161,7 @@ class _Sizer:
             return
         ideal = int(self.target / per_call)
         # Grow at most 4x a step: the first measurements include warm-up.
-        self.size = max(1, min(ideal, self.size * 4, self.cap))
+        self.size = max(1, min(ideal, self.size * 4, self.cap or _MAX_ADAPTIVE_CHUNK))
 
 
 class _Chunk:

@@ -392,3 +392,17 @@ def test_the_recipe_states_the_thresholds_in_force() -> None:
     assert shm.MIN_BUFFER == 64 << 10 and "**64 KiB or more**" in text
     assert shm.MIN_BYTES == 1 << 20 and "**1 MiB**" in text
     assert _CHUNK_BYTES == 8 << 20 and "at most about 8 MiB of arguments" in text
+
+
+def test_without_room_for_segments_arrays_go_through_the_socket(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shm, "DIR", "/nonexistent-folder-for-segments")
+    monkeypatch.setattr(shm, "_warned", False)
+    data = np.arange(2 * MB, dtype=np.float64)  # 16 MB, 2 batches
+    run = distribute(batch_sum, job="compute", workers=2)
+    with SocketBytes() as sock:
+        sums = run(data, table=np.zeros(4))
+    assert sums == [float(b.sum()) for b in np.array_split(data, 2)]
+    assert sock.sent > data.nbytes  # the socket, as before shared memory
+    assert "shared memory unavailable" in caplog.text

@@ -300,7 +300,11 @@ def dumps(
         if big:  # not worth a segment after all: every buffer in the stream
             stream, big = pickled(float("inf"))
         return stream  # a plain pickle (or dill) stream, as every reader knows it
-    path, spans = _write(big)
+    try:
+        path, spans = _write(big)
+    except OSError as exc:  # no room (or no folder) for segments: the socket, as before
+        _fallback(exc)
+        return pickled(float("inf"))[0]
     try:
         msg = Shared(TAG + _pack_meta((os.path.basename(path), spans, keep, kind)) + stream)
     except BaseException:
@@ -310,6 +314,21 @@ def dumps(
         return bytes(msg)
     msg.path = path
     return msg
+
+
+_warned = False
+
+
+def _fallback(exc: OSError) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        import logging
+
+        logging.getLogger("just_distribute").warning(
+            "shared memory unavailable in %s (%s): large arrays travel through the socket "
+            "instead (slower; free space in %s to get it back)", DIR, exc, DIR,
+        )
 
 
 def _pack_meta(meta: tuple[Any, ...]) -> bytes:

@@ -109,7 +109,7 @@ def die_on_second(batch: np.ndarray) -> float:
 def die_after_writing(batch: np.ndarray) -> float:
     """Writes a result segment that no one will read (as if killed while sending it)."""
     if batch[0] > 0:
-        shm.dumps(np.ones(MB), hand_over=True)
+        shm.dumps(np.ones(MB), hand_over=True, owner=os.getppid())  # named for the caller
         os.kill(os.getpid(), signal.SIGKILL)
     return float(batch.sum())
 

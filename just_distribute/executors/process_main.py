@@ -187,9 +187,6 @@ def main(deferred: tuple[str, ...] = ()) -> None:
     threading.Thread(target=control.listen, daemon=True).start()
     sys_path, parent_pid, name, init_bytes = pickle.loads(recv_frame(conn))
     sys.path[:] = [p for p in sys_path if p not in ("",)] + [""]
-    from just_distribute.executors import shm
-
-    shm.set_owner(parent_pid)  # the segments this worker writes are named for its caller
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
     if init_bytes is not None:
@@ -233,11 +230,13 @@ def main(deferred: tuple[str, ...] = ()) -> None:
             if tail or dropped:  # before the outcome: the last values arrive first
                 _send_updates(conn, tail, dropped)
             strict = getattr(fn, "standard_pickle_results", False)  # a Pool's function
-            send_frame(conn, pack_outcome(result, stop_on_error, strict=strict, shared=True))
+            send_frame(conn, pack_outcome(result, stop_on_error, strict=strict, shared=parent_pid))
         except OSError:  # the caller is gone (killed, or it killed us): nothing to report
             break
         del result, columns  # a chunk's arrays (views of its segment) go before the next
     conn.close()
+    from just_distribute.executors import shm  # (at exit: no cost to a worker's start)
+
     shm.reap_if_orphaned(parent_pid)
 
 

@@ -52,7 +52,6 @@ __all__ = [
     "leftovers",
     "loads",
     "reap_if_orphaned",
-    "set_owner",
     "sweep",
 ]
 
@@ -78,16 +77,9 @@ DIR = _folder()
 _ALIGN = 64  # every buffer starts on a cache line (and numpy's preferred alignment)
 _META = struct.Struct("!I")
 
-_owner = os.getpid()
 _counter = itertools.count()
 _lock = threading.Lock()
 _started = False
-
-
-def set_owner(pid: int) -> None:
-    """In a worker: the pid of the caller that these segments serve (in its names)."""
-    global _owner
-    _owner = pid
 
 
 def _alive(pid: int) -> bool:
@@ -130,9 +122,9 @@ def _unlink(path: str) -> None:
 
 
 def sweep(owner: int | None = None, writer: int | None = None) -> int:
-    """Unlink the segments of ``owner`` (default: this caller) written by ``writer`` (default:
-    any); return how many. The caller calls it for a worker it lost."""
-    owner = _owner if owner is None else owner
+    """Unlink the segments of ``owner`` (default: this process, as a caller) written by
+    ``writer`` (default: any); return how many. The caller calls it for a worker it lost."""
+    owner = os.getpid() if owner is None else owner
     count = 0
     for path in leftovers(owner):
         ids = _parse(os.path.basename(path))
@@ -149,15 +141,15 @@ def _sweep_dead_owners() -> None:
             _unlink(path)
 
 
-def _first_use() -> None:
+def _first_use(owner: int) -> None:
     global _started
     with _lock:
         if _started:
             return
         _started = True
     _sweep_dead_owners()
-    if _owner == os.getpid():  # the caller: whatever is still there at exit is nobody's
-        atexit.register(sweep, os.getpid())
+    if owner == os.getpid():  # a caller: whatever of its own is still there at exit is nobody's
+        atexit.register(sweep, owner)
 
 
 def _dying(pid: int) -> bool | None:
@@ -224,19 +216,19 @@ class Shared(bytes):
         return bytes, (bytes(self),)
 
 
-def _new_path() -> str:
-    _first_use()
-    name = f"{PREFIX}{_owner}-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
+def _new_path(owner: int) -> str:
+    _first_use(owner)
+    name = f"{PREFIX}{owner}-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
     return os.path.join(DIR, name)
 
 
-def _write(buffers: list[memoryview]) -> tuple[str, list[tuple[int, int]]]:
+def _write(buffers: list[memoryview], owner: int) -> tuple[str, list[tuple[int, int]]]:
     """Write ``buffers`` into a new segment; its path and each buffer's (offset, length)."""
     spans, end = [], 0
     for buf in buffers:
         spans.append((end, buf.nbytes))
         end += -(-buf.nbytes // _ALIGN) * _ALIGN
-    path = _new_path()
+    path = _new_path(owner)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, end)
@@ -257,6 +249,7 @@ def dumps(
     pickler: Callable[..., Any] | None = None,
     keep: bool = False,
     hand_over: bool = False,
+    owner: int | None = None,
 ) -> bytes:
     """Serialise ``obj``, its buffers of :data:`MIN_BYTES` or more into a segment.
 
@@ -268,6 +261,8 @@ def dumps(
             it; it goes when the returned bytes are dropped.
         hand_over: the reader alone unlinks the segment (a worker's results, which it
             drops once sent): plain bytes are returned, not a :class:`Shared`.
+        owner: the pid of the caller the segment serves, named in it (default: this
+            process; a worker passes its caller's).
 
     Returns:
         Plain pickle bytes when there is no large buffer; else a :class:`Shared` message.
@@ -301,7 +296,7 @@ def dumps(
             stream, big = pickled(float("inf"))
         return stream  # a plain pickle (or dill) stream, as every reader knows it
     try:
-        path, spans = _write(big)
+        path, spans = _write(big, os.getpid() if owner is None else owner)
     except OSError as exc:  # no room (or no folder) for segments: the socket, as before
         _fallback(exc)
         return pickled(float("inf"))[0]

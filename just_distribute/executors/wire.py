@@ -396,7 +396,7 @@ def pack_outcome(
     stop_on_error: bool,
     by_value: Any = None,
     strict: bool = False,
-    shared: bool = False,
+    shared: int | None = None,
 ) -> bytes:
     """Serialise a chunk's outcome in the worker: ``("ok", ChunkResult)`` with every
     exception as an :class:`ExceptionRecord`, or ``("unsendable", at, message)``.
@@ -405,8 +405,9 @@ def pack_outcome(
     classes by value, so that the caller gets its own classes back). ``strict`` (a
     ``Pool``'s function says ``standard_pickle_results``): results must pickle with the
     standard pickle, as in ``multiprocessing``; one that does not becomes that call's
-    ``ResultEncodingError``. ``shared`` (a worker process on the caller's machine): large
-    result arrays go back through shared memory (:mod:`~just_distribute.executors.shm`).
+    ``ResultEncodingError``. ``shared`` (a worker process on the caller's machine: the
+    caller's pid): large result arrays go back through shared memory
+    (:mod:`~just_distribute.executors.shm`, loaded only for an outcome that holds arrays).
 
     A result that cannot be sent back becomes the error of its own call (a
     :class:`~just_distribute.errors.ReceiveError`), so that it costs no other call's result.
@@ -432,11 +433,15 @@ def pack_outcome(
             return bytes(by_value(("ok", encoded(result))))
         except Exception:
             pass
-    if shared:
-        from just_distribute.executors import shm
-
+    if shared is not None:
         try:  # the C pickle: what a strict Pool asks for, too
-            return shm.dumps(("ok", encoded(result)), hand_over=True)
+            buffers: list[pickle.PickleBuffer] = []
+            plain = pickle.dumps(("ok", encoded(result)), 5, buffer_callback=buffers.append)
+            if not buffers:  # no array in it: the stream is the whole message
+                return plain
+            from just_distribute.executors import shm
+
+            return shm.dumps(("ok", encoded(result)), hand_over=True, owner=shared)
         except Exception:
             pass
     try:

@@ -25,6 +25,7 @@ from typing import Any
 import distributed
 import psutil
 import pytest
+from light_calls import sleep_for
 from test_docs import clean_env
 
 import just_distribute as jd
@@ -80,11 +81,6 @@ def exit_on_three(x: int) -> int:
 
 def raise_value_error(x: int) -> int:
     raise ValueError("bad", x)
-
-
-def sleep_for(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
 
 
 def give_a_lock(_: int) -> Any:

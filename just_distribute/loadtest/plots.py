@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from just_distribute.config import usable_cpus
-from just_distribute.loadtest.records import RunSummary, TaskRecord, format_table, summarize
+from just_distribute.loadtest.records import (
+    Breakdown,
+    RunSummary,
+    TaskRecord,
+    breakdown,
+    format_table,
+    summarize,
+)
 
 __all__ = ["machine", "write_plots_and_report"]
 
@@ -140,6 +147,35 @@ def machine() -> dict[str, str]:
     return info
 
 
+def _where_the_time_goes(
+    parts: Sequence[Breakdown], summaries: Sequence[RunSummary]
+) -> list[str]:
+    """The report's account of each run's wall time: the ideal, then every overhead."""
+    if not parts:
+        return []
+    by_run = {s.run: s for s in summaries}
+    lines = [
+        "",
+        "## Where the time goes",
+        "",
+        "Each run's wall time, per slot, as a share of it: *ideal* is the tasks' own "
+        "duration; *start* from the submission to a slot's first task (submitting, "
+        "scheduling, first hand-over); *gaps* a slot idle between two of its tasks (the "
+        "per-task round trip through the scheduler); *overrun* tasks running longer than "
+        "asked (late wake-ups, a worker waiting for a CPU); *tail* a slot idle at the end "
+        "while others still ran; *back* the last result's way to the client.",
+        "",
+        "| workers | tasks | wall s | ideal | start | gaps | overrun | tail | back |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in parts:
+        s = by_run[b.run]
+        shares = [b.ideal, b.start, b.gaps, b.overrun, b.tail, b.back]
+        cells = " | ".join(f"{x / b.wall:.1%}" if b.wall > 0 else "-" for x in shares)
+        lines.append(f"| {s.workers} | {s.tasks} | {b.wall:.3f} | {cells} |")
+    return lines
+
+
 def _report_md(
     summaries: Sequence[RunSummary], records: Sequence[TaskRecord], timeline_run: int
 ) -> str:
@@ -165,6 +201,7 @@ def _report_md(
             f"- {_workers(s.workers)}, {s.tasks} tasks: {s.throughput:.1f} tasks/s of an ideal "
             f"{s.ideal:.1f} ({s.efficiency:.1%})"
         )
+    lines += _where_the_time_goes(breakdown(records), summaries)
     cpus = usable_cpus()
     if first.kind == "sleep" and max(s.slots for s in summaries) > cpus:
         lines += [

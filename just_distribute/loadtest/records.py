@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
-    "OUTPUTS", "RunSummary", "TaskRecord", "format_table", "read_csv", "summarize", "write_csv",
+    "OUTPUTS", "Breakdown", "RunSummary", "TaskRecord", "breakdown", "format_table", "read_csv",
+    "summarize", "write_csv",
 ]
 
 #: The files a load test writes into its ``--out`` directory.
@@ -106,6 +107,74 @@ def summarize(records: Sequence[TaskRecord]) -> list[RunSummary]:
             workers_used=len(per),
             min_per_worker=min(per.values()) if len(per) >= first.workers else 0,
             max_per_worker=max(per.values()),
+        ))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    """Where a run's wall time went beyond the ideal, in seconds per slot.
+
+    The parts add up to ``wall``: ``ideal + start + gaps + overrun + tail + back``.
+
+    Attributes:
+        run: the run's number.
+        wall: seconds from the first submission to the last result.
+        ideal: tasks x duration / slots: the wall time with no overhead at all.
+        start: from the submission to a slot's first task (submitting, scheduling, the first
+            hand-over to each worker), averaged over the slots.
+        gaps: a slot idle between two of its tasks (the per-task round trip: the worker
+            reports a task done and starts or receives the next), summed per slot, averaged.
+        overrun: the tasks themselves running longer than ``duration`` (a late wake-up from
+            sleep, a worker waiting for a CPU), summed per slot, averaged.
+        tail: a slot idle at the end while other slots still ran tasks (uneven shares).
+        back: from the last task's end to its result at the client.
+    """
+
+    run: int
+    wall: float
+    ideal: float
+    start: float
+    gaps: float
+    overrun: float
+    tail: float
+    back: float
+
+
+def breakdown(records: Sequence[TaskRecord]) -> list[Breakdown]:
+    """One :class:`Breakdown` per run whose workers have one slot each (else none).
+
+    Worker and client times are compared, so the clocks must agree (one machine, or
+    synchronised ones).
+    """
+    runs: dict[int, list[TaskRecord]] = {}
+    for r in records:
+        runs.setdefault(r.run, []).append(r)
+    out = []
+    for run, rows in sorted(runs.items()):
+        first = rows[0]
+        by_worker: dict[str, list[TaskRecord]] = {}
+        for r in rows:
+            by_worker.setdefault(r.worker, []).append(r)
+        if first.slots != first.workers:  # slots of one worker overlap: no per-slot account
+            continue
+        t0 = min(r.submitted for r in rows)
+        last_end = max(r.ended for r in rows)
+        start = gaps = overrun = tail = 0.0
+        for tasks in by_worker.values():
+            tasks.sort(key=lambda r: r.started)
+            start += tasks[0].started - t0
+            gaps += sum(max(0.0, b.started - a.ended) for a, b in zip(tasks, tasks[1:]))
+            overrun += sum(r.ended - r.started - r.duration for r in tasks)
+            tail += last_end - max(r.ended for r in tasks)
+        # Slots that ran no task were idle the whole run: count that as start.
+        idle = first.slots - len(by_worker)
+        start += idle * (last_end - t0)
+        n = first.slots
+        out.append(Breakdown(
+            run=run, wall=max(r.received for r in rows) - t0,
+            ideal=len(rows) * first.duration / n, start=start / n, gaps=gaps / n,
+            overrun=overrun / n, tail=tail / n, back=max(r.received for r in rows) - last_end,
         ))
     return out
 

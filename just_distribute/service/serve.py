@@ -34,10 +34,40 @@ from just_distribute.errors import MissingExtraError
 from just_distribute.service import tls as _tls
 from just_distribute.service.launch import _READY, _START_TIMEOUT
 
-__all__ = ["configure", "insecure_warning", "main", "serve"]
+__all__ = ["QUIET_TIMERS", "configure", "insecure_warning", "main", "quiet_timers", "serve"]
 
 log = logging.getLogger("just_distribute")
 
+#: dask's periodic timers that the service runs less often than dask's defaults do. With
+#: the defaults (an event-loop health check every 20 ms, a stack sample every 10 ms, memory
+#: every 100 ms, system figures every 500 ms) an idle worker process costs about 2.5% of a
+#: core and the scheduler with its nannies more: 32 idle workers on a 2-core machine took
+#: 0.9 of its cores, which the tasks then lacked. With these, ~0.2 (measured with 16
+#: workers: 0.026 -> 0.004 of a core per worker, 0.11 -> 0.03 for the scheduler's process).
+#: The dashboard keeps every page; its profile has fewer samples.
+QUIET_TIMERS: dict[str, str] = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.worker.profile.interval": "100ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
+def quiet_timers() -> contextlib.AbstractContextManager[object]:
+    """A dask config context with :data:`QUIET_TIMERS`, for creating schedulers and nannies.
+
+    A nanny hands the config it was made under to its worker process, so the workers run
+    with it too. A value the user set (a dask config file, a ``DASK_...`` variable) wins:
+    only values still at dask's shipped default are replaced.
+    """
+    import dask.config
+
+    shipped = dask.config.merge(*dask.config.defaults)
+    ours = {
+        key: value for key, value in QUIET_TIMERS.items()
+        if dask.config.get(key, None) == dask.config.get(key, None, config=shipped)
+    }
+    return dask.config.set(ours)
 
 
 def worker_count(text: str) -> int:
@@ -234,7 +264,7 @@ def serve(
         }
         for i in range(workers)
     }
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_timers():
         warnings.simplefilter("ignore")  # bokeh-missing and port-in-use chatter
         cluster = SpecCluster(  # type: ignore[no-untyped-call]
             workers=worker_spec, scheduler=scheduler_spec, security=security,

@@ -30,6 +30,7 @@ from just_distribute.service.serve import (
     check_can_listen,
     given_tls_files,
     insecure_warning,
+    quiet_timers,
     worker_count,
 )
 
@@ -77,13 +78,14 @@ async def _run(
 
     prefix = args.name or f"{socket.gethostname()}-{os.getpid()}"
     count = args.workers or usable_cpus()
-    nannies = [
-        Nanny(
-            address, nthreads=1, name=f"{prefix}-{i}", host=host, security=security,
-            dashboard=False, silence_logs=logging.ERROR,
-        )
-        for i in range(count)
-    ]
+    with quiet_timers():  # a nanny keeps the config it was made under, for its worker too
+        nannies = [
+            Nanny(
+                address, nthreads=1, name=f"{prefix}-{i}", host=host, security=security,
+                dashboard=False, silence_logs=logging.ERROR,
+            )
+            for i in range(count)
+        ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import arrays, compute, dask_cluster, startup, waiting
+from . import arrays, compute, dask_cluster, scaling, startup, waiting
 from .harness import Config, Scenario, machine, versions
 from .report import plot, write_markdown
 
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, Callable[[Config], Scenario]] = {
     "S7c": startup.s7_cold,
     "S8": startup.s8,
     "S9": arrays.s9,
+    "S10": scaling.s10,
 }
 
 

@@ -97,9 +97,10 @@ def test_the_plots_are_real_images(small_run: Run) -> None:
 def test_the_report_numbers_match_the_csv(small_run: Run) -> None:
     rows = rows_of(small_run)
     report = (small_run.dir / "report.md").read_text()
+    first_table = report.split("## Where the time goes", 1)[0]
     table = [
         [c.strip() for c in line.strip("|").split("|")]
-        for line in report.splitlines()
+        for line in first_table.splitlines()
         if re.match(r"\|\s*\d", line)
     ]
     assert len(table) == 2
@@ -196,3 +197,64 @@ def test_an_unreachable_address_is_a_message_naming_it(
     assert f"tcp://127.0.0.1:{port}" in err and "just-distribute cluster" in err
     assert "Traceback" not in err
     assert not out.exists()  # nothing measured, nothing written
+
+
+def _record(task: int, worker: str, started: float, ended: float, received: float) -> Any:
+    return loadtest.TaskRecord(0, 2, 2, 4, "sleep", 1.0, task, worker, 0.0, started, ended,
+                               received)
+
+
+def test_the_breakdown_accounts_for_every_second_of_a_run() -> None:
+    # Two slots, four 1 s tasks (ideal 2 s). Slot a: starts at 0.5, idles 0.25 between its
+    # tasks, one task runs 0.25 over; slot b: starts at 1.0, ends 0.5 before a does.
+    records = [
+        _record(0, "a", 0.5, 1.5, 1.6), _record(1, "a", 1.75, 3.0, 3.1),
+        _record(2, "b", 1.0, 2.0, 2.1), _record(3, "b", 2.0, 2.5, 2.6),
+    ]
+    (b,) = loadtest.breakdown(records)
+    assert b.wall == pytest.approx(3.1)
+    assert b.ideal == pytest.approx(2.0)
+    assert b.start == pytest.approx((0.5 + 1.0) / 2)
+    assert b.gaps == pytest.approx(0.25 / 2)
+    assert b.overrun == pytest.approx((0.25 - 0.5) / 2)  # b's second task ran short
+    assert b.tail == pytest.approx(0.5 / 2)
+    assert b.back == pytest.approx(0.1)
+    assert b.ideal + b.start + b.gaps + b.overrun + b.tail + b.back == pytest.approx(b.wall)
+
+
+def test_a_slot_that_ran_nothing_counts_as_idle_from_the_start() -> None:
+    records = [_record(0, "a", 0.0, 1.0, 1.0), _record(1, "a", 1.0, 2.0, 2.0)]
+    (b,) = loadtest.breakdown(records)
+    assert b.start == pytest.approx(2.0 / 2)  # slot b idle for the whole 2 s
+    assert b.ideal + b.start + b.gaps + b.overrun + b.tail + b.back == pytest.approx(b.wall)
+
+
+def test_the_report_says_where_the_time_goes(small_run: Run) -> None:
+    records = loadtest.read_csv(small_run.dir / "results.csv")
+    parts = loadtest.breakdown(records)
+    assert [b.run for b in parts] == [0, 1]
+    for b in parts:
+        total = b.ideal + b.start + b.gaps + b.overrun + b.tail + b.back
+        assert total == pytest.approx(b.wall, abs=1e-6)
+        assert b.ideal == pytest.approx(20 * 0.01 / (b.run + 1))
+    report = (small_run.dir / "report.md").read_text()
+    section = report.split("## Where the time goes", 1)[1].split("##", 1)[0]
+    lines = [line for line in section.splitlines() if re.match(r"\|\s*\d", line)]
+    assert [line.split("|")[1].strip() for line in lines] == ["1", "2"]
+    for line, b in zip(lines, parts, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == f"{b.wall:.3f}" and cells[3] == f"{b.ideal / b.wall:.1%}"
+
+
+def test_results_come_back_for_every_task_of_a_big_batch(
+    cluster_address: str, tmp_path: Path
+) -> None:
+    # The run submits one graph and fetches results in batches: none is lost or doubled.
+    (summary,) = loadtest.run_loadtest(
+        tasks=[300], duration=0.0, out=tmp_path, address=cluster_address,
+        echo=lambda _m: None,
+    )
+    records = loadtest.read_csv(tmp_path / "results.csv")
+    assert summary.tasks == 300
+    assert sorted(r.task for r in records) == list(range(300))
+    assert all(r.submitted <= r.started <= r.ended <= r.received for r in records)

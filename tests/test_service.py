@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import distributed
 import psutil
@@ -36,6 +37,50 @@ def metered(x: int) -> int:
 def _workers(address: str) -> set[str]:
     with distributed.Client(address, set_as_default=False, timeout=30) as client:
         return {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+
+
+def _scheduler_tick(dask_scheduler: Any) -> float:
+    """Run on the scheduler: the interval of its event-loop health check."""
+    return float(dask_scheduler._tick_interval)
+
+
+def _timers_by_name(address: str) -> dict[str, tuple[Any, ...]]:
+    """Each worker's (by name) timer settings, and the scheduler's health-check interval."""
+    import dask.config
+
+    keys = ("distributed.admin.tick.interval", "distributed.worker.profile.interval",
+            "distributed.worker.memory.monitor-interval")
+    with distributed.Client(address, set_as_default=False, timeout=30) as client:
+        names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+        # dask.config.get: a function every worker can import (a joined worker cannot
+        # import this test module).
+        found = {key: client.run(dask.config.get, key) for key in keys}
+        tick = client.run_on_scheduler(_scheduler_tick)
+    out = {names[a]: tuple(found[key][a] for key in keys) for a in names}
+    out["scheduler"] = (tick,)
+    return out
+
+
+def test_the_service_runs_dasks_timers_slowly(cluster_address: str) -> None:
+    # dask's defaults (20 ms health checks, 10 ms stack samples) cost an idle worker
+    # ~2.5% of a core; the service's scheduler and workers run slower ones.
+    found = _timers_by_name(cluster_address)
+    assert {"scheduler", "worker-0", "worker-1"} <= set(found)
+    assert found["scheduler"] == (0.5,)
+    for name in ("worker-0", "worker-1"):
+        assert found[name] == ("500ms", "100ms", "500ms"), name
+
+
+def test_a_dask_setting_of_the_user_wins_over_the_quiet_timers() -> None:
+    import dask.config
+
+    from just_distribute.service.serve import QUIET_TIMERS, quiet_timers
+
+    before = {key: dask.config.get(key) for key in QUIET_TIMERS}
+    with dask.config.set({"distributed.admin.tick.interval": "40ms"}), quiet_timers():
+        assert dask.config.get("distributed.admin.tick.interval") == "40ms"
+        assert dask.config.get("distributed.worker.profile.interval") == "100ms"
+    assert {key: dask.config.get(key) for key in QUIET_TIMERS} == before  # only inside
 
 
 def test_start_service_api(cluster_service: ServiceHandle) -> None:
@@ -99,6 +144,7 @@ def test_worker_command_joins_and_leaves(cluster_address: str) -> None:
         while time.monotonic() < deadline and "extra-0" not in _workers(cluster_address):
             time.sleep(0.3)
         assert "extra-0" in _workers(cluster_address)
+        assert _timers_by_name(cluster_address)["extra-0"] == ("500ms", "100ms", "500ms")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         deadline = time.monotonic() + 30

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from just_distribute.loadtest.records import (
     OUTPUTS,
+    Breakdown,
     RunSummary,
     TaskRecord,
+    breakdown,
     format_table,
     read_csv,
     summarize,
@@ -21,8 +23,10 @@ from just_distribute.loadtest.run import run_loadtest, write_files
 
 __all__ = [
     "OUTPUTS",
+    "Breakdown",
     "RunSummary",
     "TaskRecord",
+    "breakdown",
     "format_table",
     "read_csv",
     "run_loadtest",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,7 +165,7 @@ def breakdown(records: Sequence[TaskRecord]) -> list[Breakdown]:
         for tasks in by_worker.values():
             tasks.sort(key=lambda r: r.started)
             start += tasks[0].started - t0
-            gaps += sum(max(0.0, b.started - a.ended) for a, b in zip(tasks, tasks[1:]))
+            gaps += sum(max(0.0, b.started - a.ended) for a, b in itertools.pairwise(tasks))
             overrun += sum(r.ended - r.started - r.duration for r in tasks)
             tail += last_end - max(r.ended for r in tasks)
         # Slots that ran no task were idle the whole run: count that as start.

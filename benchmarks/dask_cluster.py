@@ -6,7 +6,11 @@ scheduler and 2 single-threaded worker processes), whose ``Client`` the dask pee
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +85,21 @@ def s6(cfg: Config) -> Scenario:
     client = _client()
     ours = distribute(job="cluster", workers=WORKERS)(workloads.busy)
     serial = "serial (list comprehension)"
+    # CPU seconds each run got, next to its wall time: on a shared machine a run is slow
+    # when its processes wait for a CPU, which no scheduling change can make up for.
+    cpu_of = _cpu_clock(list(client.run(os.getpid).values()))
+    got: dict[str, list[tuple[float, float]]] = {serial: [], OURS: []}
+
+    def timed(name: str, clock: Callable[[], float], run: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), clock()
+        result = run()
+        got[name].append((time.perf_counter() - wall, clock() - cpu))
+        return result
+
     cases: dict[str, Callable[[], Any]] = {
-        serial: lambda: [workloads.busy(x) for x in data],
-        OURS: lambda: ours(data),
+        serial: lambda: timed(serial, time.process_time,
+                              lambda: [workloads.busy(x) for x in data]),
+        OURS: lambda: timed(OURS, cpu_of, lambda: ours(data)),
         "dask client.map": lambda: client.gather(
             client.map(workloads.busy, data, pure=False)
         ),
@@ -111,4 +127,35 @@ def s6(cfg: Config) -> Scenario:
         "(per-process CPU times show the workers busy only part of the run when the machine "
         "is loaded)."
     )
+    if got[OURS] and got[serial]:
+        # Runs 1+ only: the first of each is the warm-up.
+        ours_busy = statistics.median(c / (w * WORKERS) for w, c in got[OURS][1:] or got[OURS])
+        serial_busy = statistics.median(c / w for w, c in got[serial][1:] or got[serial])
+        work = statistics.median(c for _w, c in got[serial])
+        spent = statistics.median(c for _w, c in got[OURS])
+        sc.notes.append(
+            f"Where the time went in this run: the {WORKERS} worker processes were on a CPU "
+            f"{ours_busy:.0%} of each of our runs (median), the serial loop {serial_busy:.0%} "
+            f"of its runs; the workers spent {spent:.3f} CPU-s per run on {work:.3f} CPU-s of "
+            f"serial work ({spent / work:.2f}x: the scheduling, serialisation and dask's own "
+            f"bookkeeping). Had both workers and the serial loop had a CPU to themselves, "
+            f"the speedup would be about {WORKERS * work / spent:.2f}x."
+        )
     return sc
+
+
+def _cpu_clock(pids: list[int]) -> Callable[[], float]:
+    """A clock of the CPU seconds used so far by the processes ``pids`` (children too)."""
+    import psutil
+
+    procs = [psutil.Process(pid) for pid in pids]
+
+    def clock() -> float:
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):  # a worker restarted meanwhile
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
+    return clock

@@ -71,6 +71,24 @@ def test_the_service_runs_dasks_timers_slowly(cluster_address: str) -> None:
         assert found[name] == ("500ms", "100ms", "500ms"), name
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_its_nanny_restarts_runs_the_slow_timers_too(cluster_address: str) -> None:
+    from just_distribute.executors.cluster_worker import exit_worker
+
+    with distributed.Client(cluster_address, set_as_default=False, timeout=30) as client:
+        before = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+        client.run(exit_worker, workers=[before["worker-1"]], wait=False)
+        deadline = time.monotonic() + 90
+        now = before
+        while time.monotonic() < deadline:
+            now = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+            if now.get("worker-1") not in (None, before["worker-1"]):
+                break
+            time.sleep(0.3)
+    assert now.get("worker-1") not in (None, before["worker-1"])  # a fresh process
+    assert _timers_by_name(cluster_address)["worker-1"] == ("500ms", "100ms", "500ms")
+
+
 def test_a_dask_setting_of_the_user_wins_over_the_quiet_timers() -> None:
     import dask.config
 

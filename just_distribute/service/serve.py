@@ -54,11 +54,13 @@ QUIET_TIMERS: dict[str, str] = {
 
 
 def quiet_timers() -> contextlib.AbstractContextManager[object]:
-    """A dask config context with :data:`QUIET_TIMERS`, for creating schedulers and nannies.
+    """A dask config context with :data:`QUIET_TIMERS`, held while schedulers and nannies run.
 
-    A nanny hands the config it was made under to its worker process, so the workers run
-    with it too. A value the user set (a dask config file, a ``DASK_...`` variable) wins:
-    only values still at dask's shipped default are replaced.
+    A nanny hands the config it was made under to each worker process it starts or
+    restarts, so the workers run with it too; it keeps a shallow copy, which the context's
+    exit resets: hold the context for as long as the nannies live. A value the user set (a
+    dask config file, a ``DASK_...`` variable) wins: only values still at dask's shipped
+    default are replaced.
     """
     import dask.config
 
@@ -264,54 +266,57 @@ def serve(
         }
         for i in range(workers)
     }
-    with warnings.catch_warnings(), quiet_timers():
-        warnings.simplefilter("ignore")  # bokeh-missing and port-in-use chatter
-        cluster = SpecCluster(  # type: ignore[no-untyped-call]
-            workers=worker_spec, scheduler=scheduler_spec, security=security,
-            silence_logs=logging.ERROR, name="just-distribute",
-        )
-    try:
-        client_security = security
-        with distributed.Client(cluster, security=client_security, timeout=60) as client:
-            client.wait_for_workers(workers, timeout=_START_TIMEOUT)
-        dashboard, metrics = _http_urls(cluster.scheduler, host)
-        if dashboard is not None and not _is_loopback(host):
-            open_http = (
-                f"the dashboard ({dashboard}) and /metrics listen on {host} with no "
-                f"authentication and no TLS: whoever reaches them sees the service's tasks "
-                f"and workers. Firewall that port, or pass --dashboard-port on loopback "
-                f"behind an SSH tunnel."
+    # For the service's whole life, not only while it starts: a nanny hands its config
+    # (a shallow copy, which dask's context exit would reset) to every worker it restarts.
+    with quiet_timers():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bokeh-missing and port-in-use chatter
+            cluster = SpecCluster(  # type: ignore[no-untyped-call]
+                workers=worker_spec, scheduler=scheduler_spec, security=security,
+                silence_logs=logging.ERROR, name="just-distribute",
             )
-            log.warning("%s", open_http)
-            print(f"warning: {open_http}", file=sys.stderr, flush=True)
-        announce(f"scheduler: {cluster.scheduler_address}")
-        announce(f"dashboard: {dashboard or 'off'}")
-        announce(f"metrics: {metrics or 'off (pip install prometheus-client)'}")
-        announce(f"workers: {workers} processes x 1 thread")
-        if tls is not None:
-            announce(f"tls: ca={tls.ca} cert={tls.cert} key={tls.key}")
-        if tls is not None:
-            # The --tls layout has an identity made for clients beside the scheduler's.
-            mine = Path(tls.cert).parent
-            clients = mine.parent / "client" if mine.name == "scheduler" else mine
-            if mine.name == "scheduler":
-                announce(f"workers of other hosts: just-distribute worker "
-                         f"{cluster.scheduler_address} --tls {mine.parent / 'worker'}")
-        use_tls = "" if tls is None else f", tls={str(clients)!r}"
-        announce(
-            f"clients: distribute(job='cluster', address={cluster.scheduler_address!r}"
-            f"{use_tls}), or set JUST_DISTRIBUTE_ADDRESS"
-            + ("" if tls is None else " and JUST_DISTRIBUTE_TLS")
-        )
-        announce(_READY)
-        while not stop.wait(0.5):
-            if parent_pid is not None and not _alive(parent_pid):
-                log.warning("the process that started the service is gone: stopping")
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            cluster.close(timeout=30)
-        _reap_children()
+        try:
+            client_security = security
+            with distributed.Client(cluster, security=client_security, timeout=60) as client:
+                client.wait_for_workers(workers, timeout=_START_TIMEOUT)
+            dashboard, metrics = _http_urls(cluster.scheduler, host)
+            if dashboard is not None and not _is_loopback(host):
+                open_http = (
+                    f"the dashboard ({dashboard}) and /metrics listen on {host} with no "
+                    f"authentication and no TLS: whoever reaches them sees the service's tasks "
+                    f"and workers. Firewall that port, or pass --dashboard-port on loopback "
+                    f"behind an SSH tunnel."
+                )
+                log.warning("%s", open_http)
+                print(f"warning: {open_http}", file=sys.stderr, flush=True)
+            announce(f"scheduler: {cluster.scheduler_address}")
+            announce(f"dashboard: {dashboard or 'off'}")
+            announce(f"metrics: {metrics or 'off (pip install prometheus-client)'}")
+            announce(f"workers: {workers} processes x 1 thread")
+            if tls is not None:
+                announce(f"tls: ca={tls.ca} cert={tls.cert} key={tls.key}")
+            if tls is not None:
+                # The --tls layout has an identity made for clients beside the scheduler's.
+                mine = Path(tls.cert).parent
+                clients = mine.parent / "client" if mine.name == "scheduler" else mine
+                if mine.name == "scheduler":
+                    announce(f"workers of other hosts: just-distribute worker "
+                             f"{cluster.scheduler_address} --tls {mine.parent / 'worker'}")
+            use_tls = "" if tls is None else f", tls={str(clients)!r}"
+            announce(
+                f"clients: distribute(job='cluster', address={cluster.scheduler_address!r}"
+                f"{use_tls}), or set JUST_DISTRIBUTE_ADDRESS"
+                + ("" if tls is None else " and JUST_DISTRIBUTE_TLS")
+            )
+            announce(_READY)
+            while not stop.wait(0.5):
+                if parent_pid is not None and not _alive(parent_pid):
+                    log.warning("the process that started the service is gone: stopping")
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=30)
+            _reap_children()
 
 
 def _alive(pid: int) -> bool:

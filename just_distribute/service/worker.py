@@ -78,14 +78,13 @@ async def _run(
 
     prefix = args.name or f"{socket.gethostname()}-{os.getpid()}"
     count = args.workers or usable_cpus()
-    with quiet_timers():  # a nanny keeps the config it was made under, for its worker too
-        nannies = [
-            Nanny(
-                address, nthreads=1, name=f"{prefix}-{i}", host=host, security=security,
-                dashboard=False, silence_logs=logging.ERROR,
-            )
-            for i in range(count)
-        ]
+    nannies = [
+        Nanny(
+            address, nthreads=1, name=f"{prefix}-{i}", host=host, security=security,
+            dashboard=False, silence_logs=logging.ERROR,
+        )
+        for i in range(count)
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -137,7 +136,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     got: list[int] = []
     try:
-        asyncio.run(_run(args, address, host, security, got))
+        # For the workers' whole life: a nanny hands its config to every worker it
+        # (re)starts, and dask's context exit would reset the copy it holds.
+        with quiet_timers():
+            asyncio.run(_run(args, address, host, security, got))
     except OSError as exc:
         print(f"just-distribute worker: cannot join {address}: {exc}", file=sys.stderr)
         return 2

@@ -141,7 +141,26 @@ def s6(cfg: Config) -> Scenario:
             f"bookkeeping). Had both workers and the serial loop had a CPU to themselves, "
             f"the speedup would be about {WORKERS * work / spent:.2f}x."
         )
+    if _autogroup():
+        sc.notes.append(
+            "This kernel schedules by autogroup (`kernel.sched_autogroup_enabled` = 1): the "
+            "CPUs are shared between sessions first, then between a session's processes. The "
+            "embedded cluster is a session of its own (so that it stops as one process group), "
+            "and so gets one session's share, as the caller's serial loop does: while other "
+            "sessions keep the machine busy, the two workers together get about what the "
+            "serial loop alone gets, and the speedup falls toward 1x. (The compute job's "
+            "workers, in the caller's session, share that session's one share the same way.)"
+        )
     return sc
+
+
+def _autogroup() -> bool:
+    """Whether the Linux scheduler shares the CPUs between sessions first."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def _cpu_clock(pids: list[int]) -> Callable[[], float]:

@@ -258,3 +258,13 @@ def test_results_come_back_for_every_task_of_a_big_batch(
     assert summary.tasks == 300
     assert sorted(r.task for r in records) == list(range(300))
     assert all(r.submitted <= r.started <= r.ended <= r.received for r in records)
+
+
+def test_no_breakdown_when_a_worker_has_several_slots() -> None:
+    # Two threads on one worker overlap their tasks: there is no per-slot account of them.
+    records = [
+        loadtest.TaskRecord(0, 1, 2, 2, "sleep", 1.0, i, "a", 0.0, 0.0, 1.0, 1.0)
+        for i in range(2)
+    ]
+    assert loadtest.breakdown(records) == []
+    assert loadtest.summarize(records)[0].efficiency == pytest.approx(1.0)

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from just_distribute.executors.cluster_connect import embedded_service
 from just_distribute.loadtest import Breakdown, breakdown, read_csv, run_loadtest
 from just_distribute.service.launch import start_service
 
@@ -43,7 +44,11 @@ def s10(cfg: Config) -> Scenario:
     rows = {n: Row(_row_name(n), unit="ms", ours=True) for n in counts}
     parts: dict[int, list[Breakdown]] = {n: [] for n in counts}
     with contextlib.ExitStack() as stack:
-        services = {n: stack.enter_context(start_service(n)) for n in counts}
+        if cfg.smoke:
+            # The embedded cluster of S5/S6 (the same service, 2 workers): started once.
+            services = {n: embedded_service(n) for n in counts}
+        else:
+            services = {n: stack.enter_context(start_service(n)) for n in counts}
         out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jd-scaling-")))
         for i in range(cfg.runs):
             for n, svc in services.items():

@@ -255,6 +255,29 @@ def test_an_uncaught_ctrl_c_ends_the_program_within_about_a_second(
 
 
 @pytest.mark.timeout(120)
+def test_a_program_ended_by_ctrl_c_leaves_no_call_running_on_the_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    proc, _ = interrupt(calls, "cluster", "uncaught", request)
+    try:
+        assert proc.wait(timeout=30) != 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    # Before: its two 60 s calls ran on after it ended and held both workers of the
+    # cluster; the next program waited a minute behind them. The meeting needs both
+    # workers at once (each call gives up after 10 s).
+    meeting = distribute(meet, job="cluster", chunksize=1, **where("cluster", request))
+    began = time.monotonic()
+    marks = tmp_path / "meet"
+    marks.mkdir()
+    assert meeting([0, 1], marker_dir=str(marks)) == [0, 1]
+    assert time.monotonic() - began < 15
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("job", CTRL_C_JOBS)
 def test_a_caught_ctrl_c_leaves_the_next_call_working_at_once(
     job: str, tmp_path: Path, request: pytest.FixtureRequest

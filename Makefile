@@ -16,7 +16,7 @@ PYTEST_PYTHONS_ARGS ?= --ignore=tests/test_docs.py --ignore=tests/test_examples.
 REQUIRE_PYTHONS ?= 0
 
 .PHONY: install demo test lint typecheck pytest docs docs-serve bench bench-smoke clean \
-	dist release-check test-pythons
+	dist release-check test-pythons test-here
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,11 +70,26 @@ test-pythons:
 	@MAKE="$(MAKE)" REQUIRE_PYTHONS=$(REQUIRE_PYTHONS) \
 		tools/test_pythons.sh $(EXTRA_PYTHONS) -- $(PYTEST_PYTHONS_ARGS)
 
-test: lint typecheck pytest docs bench-smoke release-check test-pythons
+# The stages on .venv, one after the other, while the extra Pythons' suites run beside them
+# (tools/test_pythons.sh: each suite mostly waits, so they cost little wall time on 2 cores).
+# Their report comes at the end: which Pythons ran, passed or were skipped.
+test: $(STAMP)
+	@mkdir -p .test-pythons; \
+	echo "=== the suite on Python $(EXTRA_PYTHONS): in the background (.test-pythons/all.log)"; \
+	$(MAKE) --no-print-directory test-pythons >.test-pythons/all.log 2>&1 & extra=$$!; \
+	$(MAKE) --no-print-directory test-here; here=$$?; \
+	echo "=== waiting for the suite on Python $(EXTRA_PYTHONS)"; \
+	wait $$extra; extra=$$?; \
+	cat .test-pythons/all.log; \
+	echo "=== make test: the stages on .venv $$( [ $$here = 0 ] && echo passed || echo FAILED)"; \
+	[ $$here = 0 ] && [ $$extra = 0 ]
+
+test-here: lint typecheck pytest docs bench-smoke release-check
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) site dist build *.egg-info \
+		.test-pythons \
 		.mypy_cache .ruff_cache .pytest_cache

@@ -4,17 +4,27 @@
 #   tools/test_pythons.sh 3.12 3.13 [-- PYTEST ARGS...]
 #
 # For each version found on this machine (tools/find_python.sh) it makes the test-only
-# environment .venv-X.Y through the Makefile (its stamp rule: the test and all extras), then
-# runs pytest in it. A version that is not found is skipped, and said so, unless
-# REQUIRE_PYTHONS=1 (CI), where that fails. The summary says what ran, how long it took,
-# what was skipped and why; the exit status is non-zero when a suite failed.
+# environment .venv-X.Y through the Makefile (its stamp rule: the test and all extras), one
+# after the other: each `pip install -e .` writes the same tree's build metadata. Then it runs
+# pytest in every environment at the same time, each into its own log, .test-pythons/X.Y.log:
+# the suite mostly waits (on worker processes, sockets, sleeps: about 0.7 of one core), so
+# two or three suites share a 2-core machine at little cost each. Nothing the suites use is
+# shared between them: free ports, pytest's own temporary folders, network namespaces
+# named after the test process's id. TEST_PYTHONS_SERIAL=1 runs them one after the other.
+#
+# A version that is not found is skipped, and said so, unless REQUIRE_PYTHONS=1 (CI), where
+# that fails. The summary says what ran, how long it took, what was skipped and why, and shows
+# the end of a failed suite's log; the exit status is non-zero when a suite failed.
 set -u
 cd "$(dirname "$0")/.."
 make_cmd=${MAKE:-make}
+logs=.test-pythons
 versions=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do versions+=("$1"); shift; done
 [ $# -gt 0 ] && shift   # the "--"; what is left goes to pytest
-ran=() skipped=() failed=()
+mkdir -p "$logs"
+ready=() skipped=() failed=()
+declare -A setup
 for v in "${versions[@]}"; do
     py=$(tools/find_python.sh "$v")
     if [ -z "$py" ]; then
@@ -23,18 +33,48 @@ for v in "${versions[@]}"; do
         skipped+=("Python $v: skipped ($why)")
         continue
     fi
-    echo "=== Python $v ($py): the test suite in .venv-$v"
+    echo "=== Python $v ($py): the environment .venv-$v"
     started=$SECONDS
     if ! "$make_cmd" --no-print-directory ".venv-$v/.installed"; then
         failed+=("Python $v: could not make .venv-$v")
         continue
     fi
-    setup=$((SECONDS - started))
-    started=$SECONDS
-    if ".venv-$v/bin/python" -m pytest "$@"; then
-        ran+=("Python $v: passed in $((SECONDS - started)) s (environment: $setup s)")
+    setup[$v]=$((SECONDS - started))
+    ready+=("$v")
+done
+
+run_suite() {  # VERSION PYTEST-ARGS...: the suite into its log; its status and time beside
+    local v=$1 started=$SECONDS status
+    shift
+    ".venv-$v/bin/python" -m pytest "$@" >"$logs/$v.log" 2>&1
+    status=$?
+    echo "$status $((SECONDS - started))" >"$logs/$v.status"
+}
+
+pids=()
+for v in "${ready[@]}"; do
+    rm -f "$logs/$v.status"
+    echo "=== Python $v: the test suite in .venv-$v (log: $logs/$v.log)"
+    if [ "${TEST_PYTHONS_SERIAL:-0}" = 1 ]; then
+        run_suite "$v" "$@"
     else
-        failed+=("Python $v: FAILED after $((SECONDS - started)) s (environment: $setup s)")
+        run_suite "$v" "$@" &
+        pids+=($!)
+    fi
+done
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
+
+ran=()
+for v in "${ready[@]}"; do
+    read -r status took <"$logs/$v.status" || { status=1; took="?"; }
+    outcome=$(tail -n 1 "$logs/$v.log" | sed 's/^=* *//; s/ *=*$//')
+    line="Python $v: $outcome; $took s (environment: ${setup[$v]} s)"
+    if [ "$status" = 0 ]; then
+        ran+=("$line")
+    else
+        echo "=== Python $v: FAILED; the end of $logs/$v.log:"
+        tail -n 60 "$logs/$v.log"
+        failed+=("$line: FAILED (pytest exit $status)")
     fi
 done
 echo "=== the suite on the extra Pythons"

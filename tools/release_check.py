@@ -7,7 +7,9 @@ Run by ``make release-check`` (a part of ``make test``) after ``make dist`` has 
   ``just_distribute/_version.py``;
 - the wheel lacks a module of the source tree, ``py.typed`` or the ``just-distribute`` entry
   point, or carries files that are not the package (tests, benchmarks, ...); the sdist lacks
-  what a build from it needs;
+  what a build from it needs, or what its test suite needs (every file of tests/, docs/,
+  examples/, benchmarks/; LICENSE, mkdocs.yml), or pytest, run in the unpacked sdist, fails
+  to collect the suite there;
 - ``twine check --strict`` finds a problem in their metadata;
 - in a fresh virtual environment in a temporary directory outside the source tree, with the
   wheel and its core dependencies only, the package is not imported from that environment,
@@ -100,14 +102,61 @@ def check_wheel(wheel: Path, version: str) -> list[str]:
     return names
 
 
+#: What the test suite reads or runs besides the package: an sdist carries all of it.
+SUITE_FOLDERS = ("tests", "docs", "examples", "benchmarks")
+SUITE_FILES = ("pyproject.toml", "README.md", "LICENSE", "mkdocs.yml")
+
+
+def suite_files() -> set[str]:
+    """The files the test suite needs in the source tree (helpers, fault scripts, pages)."""
+    files = set(SUITE_FILES)
+    for folder in SUITE_FOLDERS:
+        files |= {
+            p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        }
+    return files
+
+
 def check_sdist(sdist: Path, version: str) -> None:
     top = f"just_distribute-{version}"
     with tarfile.open(sdist) as tf:
         names = {n.removeprefix(f"{top}/") for n in tf.getnames()}
-    needed = {"pyproject.toml", "README.md", "PKG-INFO"} | package_files()
+    needed = {"PKG-INFO"} | package_files() | suite_files()
     missing = sorted(needed - names)
     if missing:
-        raise CheckFailed(f"the sdist lacks {missing}")
+        raise CheckFailed(f"the sdist lacks {missing} (see MANIFEST.in)")
+
+
+def collected(where: Path) -> list[str]:
+    """The test ids that pytest collects in ``where``, with the package imported from there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUST_DISTRIBUTE_")}
+    env["PYTHONPATH"] = str(where)
+    probe = "import just_distribute, sys; print(just_distribute.__file__)"
+    found = Path(run([sys.executable, "-c", probe], where, env, timeout=60).strip())
+    if not found.resolve().is_relative_to(where.resolve()):
+        raise CheckFailed(f"in {where}, just_distribute is imported from {found}")
+    out = run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        where, env, timeout=300,
+    )
+    return [line for line in out.splitlines() if "::" in line]
+
+
+def check_sdist_suite(sdist: Path, version: str) -> int:
+    """pytest collects the suite in the unpacked sdist without an error (every helper module
+    and fixture is there; the files themselves are checked by :func:`check_sdist`), every
+    test module of the tree among it; returns the number of tests."""
+    with tempfile.TemporaryDirectory(prefix="just-distribute-sdist-") as tmp:
+        with tarfile.open(sdist) as tf:
+            tf.extractall(tmp, filter="data")
+        ids = collected(Path(tmp) / f"just_distribute-{version}")
+    modules = {i.split("::", 1)[0] for i in ids}
+    lost = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_*.py")
+                  if p.relative_to(ROOT).as_posix() not in modules)
+    if lost:
+        raise CheckFailed(f"from the unpacked sdist pytest collects no test of {lost}")
+    return len(ids)
 
 
 def run(argv: list[str | Path], cwd: Path, env: dict[str, str], timeout: float) -> str:
@@ -224,6 +273,10 @@ def main(argv: list[str]) -> int:
         print(f"release check:   {wheel.name}: {size:,} bytes, {len(names)} files")
         for name in names:
             print(f"release check:     {name}")
+        done(started)
+
+        started = step(f"the test suite collects from the unpacked {sdist.name}")
+        print(f"release check:   {check_sdist_suite(sdist, version)} tests collected")
         done(started)
 
         started = step("twine check --strict")

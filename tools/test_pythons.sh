@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # make test-pythons: the test suite (not lint, types or docs) on each extra supported Python.
 #
-#   tools/test_pythons.sh 3.12 3.13 [-- PYTEST ARGS...]
+#   tools/test_pythons.sh [--environments] 3.12 3.13 [-- PYTEST ARGS...]
+#
+# With --environments it only makes the environments (make test does that first, alone:
+# the stages on .venv that run meanwhile rebuild the tree's metadata too, for make dist).
 #
 # For each version found on this machine (tools/find_python.sh) it makes the test-only
 # environment .venv-X.Y through the Makefile (its stamp rule: the test and all extras), one
@@ -19,6 +22,8 @@ set -u
 cd "$(dirname "$0")/.."
 make_cmd=${MAKE:-make}
 logs=.test-pythons
+only_environments=0
+if [ "${1:-}" = "--environments" ]; then only_environments=1; shift; fi
 versions=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do versions+=("$1"); shift; done
 [ $# -gt 0 ] && shift   # the "--"; what is left goes to pytest
@@ -42,6 +47,10 @@ for v in "${versions[@]}"; do
     setup[$v]=$((SECONDS - started))
     ready+=("$v")
 done
+if [ "$only_environments" = 1 ]; then
+    [ ${#failed[@]} -eq 0 ] || { printf '  %s\n' "${failed[@]}"; exit 1; }
+    exit 0
+fi
 
 run_suite() {  # VERSION PYTEST-ARGS...: the suite into its log; its status and time beside
     local v=$1 started=$SECONDS status

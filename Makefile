@@ -16,7 +16,7 @@ PYTEST_PYTHONS_ARGS ?= --ignore=tests/test_docs.py --ignore=tests/test_examples.
 REQUIRE_PYTHONS ?= 0
 
 .PHONY: install demo test lint typecheck pytest docs docs-serve bench bench-smoke clean \
-	dist release-check test-pythons test-here
+	dist release-check test-pythons test-here beside-suite
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,13 +70,30 @@ test-pythons:
 	@MAKE="$(MAKE)" REQUIRE_PYTHONS=$(REQUIRE_PYTHONS) \
 		tools/test_pythons.sh $(EXTRA_PYTHONS) -- $(PYTEST_PYTHONS_ARGS)
 
-# The stages on .venv one after the other, then the suite on the extra Pythons, whose two
-# suites run at the same time (tools/test_pythons.sh): a suite mostly waits (on worker
-# processes, sockets, sleeps: about 0.7 of one core), so two share a 2-core machine at little
-# cost each, while three at once (the 3.11 suite beside them) made timing-bound tests fail.
-test: test-here test-pythons
+# Two things at a time, never more, on a 2-core machine: a suite mostly waits (on worker
+# processes, sockets, sleeps: about 0.7 of one core), and three suites at once made
+# timing-bound tests fail under load. So: lint and types; then the 3.11 suite beside the rest
+# (the extra environments, docs, the benchmark smoke run, the release check: one after the
+# other, into .test-pythons/beside.log, shown when done); then the 3.12 and 3.13 suites
+# together (tools/test_pythons.sh).
+test: lint typecheck
+	@mkdir -p .test-pythons; \
+	echo "=== beside the suite: the extra environments, docs, bench-smoke, release-check (.test-pythons/beside.log)"; \
+	$(MAKE) --no-print-directory beside-suite >.test-pythons/beside.log 2>&1 & beside=$$!; \
+	$(MAKE) --no-print-directory pytest; here=$$?; \
+	wait $$beside; beside=$$?; \
+	echo "=== beside the suite ($$( [ $$beside = 0 ] && echo passed || echo FAILED)): .test-pythons/beside.log"; \
+	cat .test-pythons/beside.log; \
+	[ $$here = 0 ] && [ $$beside = 0 ]
+	@$(MAKE) --no-print-directory test-pythons
 
-# What `make test` runs on .venv (the extra Pythons aside).
+# What runs beside the 3.11 suite in `make test`.
+beside-suite: $(STAMP)
+	@MAKE="$(MAKE)" REQUIRE_PYTHONS=$(REQUIRE_PYTHONS) \
+		tools/test_pythons.sh --environments $(EXTRA_PYTHONS)
+	@$(MAKE) --no-print-directory docs bench-smoke release-check
+
+# What `make test` runs on .venv (the extra Pythons aside), one after the other.
 test-here: lint typecheck pytest docs bench-smoke release-check
 
 bench: $(STAMP)

@@ -361,8 +361,11 @@ def spin_until_interrupted(seconds: float, *, marker: str) -> float:
     """Python code busy for ``seconds``; leaves ``marker`` when interrupted."""
     try:
         end = time.time() + seconds
-        while time.time() < end:
-            pass
+        # Not `while time.time() < end`: on 3.13 an interrupt that lands in a loop's
+        # condition skips the frame's except and finally (CPython issue 130279).
+        while True:
+            if time.time() >= end:
+                break
     except KeyboardInterrupt:
         Path(marker).touch()
         raise

@@ -36,13 +36,13 @@ def on(job: str, request: pytest.FixtureRequest, fn: Any, **options: Any) -> Any
 
 def nap(x: int, *, marker_dir: str) -> int:
     Path(marker_dir, str(x)).touch()
-    time.sleep(0.02)
+    time.sleep(0.01)
     return x
 
 
 async def nap_async(x: int, *, marker_dir: str) -> int:
     Path(marker_dir, str(x)).touch()
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.01)
     return x
 
 
@@ -106,13 +106,13 @@ def test_chunks_that_finish_fast_send_no_ticks(job: str, request: pytest.Fixture
 
 
 def die_once_at_150(x: int, *, marker_dir: str) -> int:
-    """Call 150 kills its worker process, the first time only; 20 ms a call."""
+    """Call 150 kills its worker process, the first time only; 10 ms a call."""
     if x == 150:
         marker = Path(marker_dir, "died")
         if not marker.exists():
             marker.touch()
             os._exit(9)
-    time.sleep(0.02)
+    time.sleep(0.01)
     return x
 
 
@@ -122,7 +122,7 @@ def fail_once_at_150(x: int, *, marker_dir: str) -> int:
         if not marker.exists():
             marker.touch()
             raise ConnectionError("call 150 fails once")
-    time.sleep(0.02)
+    time.sleep(0.01)
     return x
 
 
@@ -150,7 +150,7 @@ def test_a_retried_call_is_not_counted_twice(
 
 
 def total_of(xs: list[int]) -> int:
-    time.sleep(0.02)
+    time.sleep(0.01)
     return sum(xs)
 
 

@@ -89,13 +89,18 @@ class RunSummary:
 
 
 # -- figures from the records -----------------------------------------------------------
-def summarize(records: Sequence[TaskRecord]) -> list[RunSummary]:
-    """One :class:`RunSummary` per run, computed from the task records only."""
+def _by_run(records: Sequence[TaskRecord]) -> list[tuple[int, list[TaskRecord]]]:
+    """The records grouped by run, in run order (each group in the records' order)."""
     runs: dict[int, list[TaskRecord]] = {}
     for r in records:
         runs.setdefault(r.run, []).append(r)
+    return sorted(runs.items())
+
+
+def summarize(records: Sequence[TaskRecord]) -> list[RunSummary]:
+    """One :class:`RunSummary` per run, computed from the task records only."""
     out = []
-    for run, rows in sorted(runs.items()):
+    for run, rows in _by_run(records):
         first = rows[0]
         wall = max(r.received for r in rows) - min(r.submitted for r in rows)
         throughput = len(rows) / wall if wall > 0 else 0.0
@@ -148,11 +153,8 @@ def breakdown(records: Sequence[TaskRecord]) -> list[Breakdown]:
     Worker and client times are compared, so the clocks must agree (one machine, or
     synchronised ones).
     """
-    runs: dict[int, list[TaskRecord]] = {}
-    for r in records:
-        runs.setdefault(r.run, []).append(r)
     out = []
-    for run, rows in sorted(runs.items()):
+    for run, rows in _by_run(records):
         first = rows[0]
         by_worker: dict[str, list[TaskRecord]] = {}
         for r in rows:

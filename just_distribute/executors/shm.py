@@ -44,6 +44,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from just_distribute._pids import alive
+
 __all__ = [
     "MIN_BYTES",
     "TAG",
@@ -80,16 +82,6 @@ _META = struct.Struct("!I")
 _counter = itertools.count()
 _lock = threading.Lock()
 _started = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parse(name: str) -> tuple[int, int] | None:
@@ -137,7 +129,7 @@ def sweep(owner: int | None = None, writer: int | None = None) -> int:
 def _sweep_dead_owners() -> None:
     for path in leftovers():
         ids = _parse(os.path.basename(path))
-        if ids is not None and not _alive(ids[0]) and not _alive(ids[1]):
+        if ids is not None and not alive(ids[0]) and not alive(ids[1]):
             _unlink(path)
 
 
@@ -179,7 +171,7 @@ def reap_if_orphaned(parent: int, wait: float = 1.0) -> None:
     dying = _dying(parent) if os.getppid() == parent else True
     if dying is None:
         deadline = time.monotonic() + wait
-        while os.getppid() == parent and _alive(parent):
+        while os.getppid() == parent and alive(parent):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.005)

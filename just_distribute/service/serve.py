@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from just_distribute._pids import alive
 from just_distribute.config import usable_cpus
 from just_distribute.errors import MissingExtraError
 from just_distribute.service import tls as _tls
@@ -322,13 +323,7 @@ def serve(
 def _alive(pid: int) -> bool:
     if os.getppid() != pid:  # re-parented: the starter died
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(pid)
 
 
 def _reap_children() -> None:

@@ -176,3 +176,15 @@ def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareClust
     finally:
         shutdown_all()
         cluster.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used the session's service shows the service's own log: what
+    dask said about a worker that did not come back is there, not in the test's output."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "cluster_service" in getattr(item, "fixturenames", ()):
+        handle = item.funcargs.get("cluster_service") if hasattr(item, "funcargs") else None
+        if isinstance(handle, ServiceHandle):
+            report.sections.append(("the session's function service log", handle.log_text()))

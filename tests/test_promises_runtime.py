@@ -220,7 +220,8 @@ def interrupt(
     if job == "cluster":
         args.append(request.getfixturevalue("cluster_address"))
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "ctrl_c_exit.py"), *args],
+        # faulthandler: a script that hangs is ended with SIGABRT, which prints its stacks.
+        [sys.executable, "-X", "faulthandler", str(SCRIPTS / "ctrl_c_exit.py"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
     )
     assert proc.stdout is not None
@@ -254,7 +255,12 @@ def test_an_uncaught_ctrl_c_ends_the_program_within_about_a_second(
 ) -> None:
     proc, sent = interrupt(tmp_path, job, "uncaught", request)
     try:
-        code = proc.wait(timeout=30)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # its threads' stacks, then the failure
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the program did not end after Ctrl-C:\n{err}") from None
         took = time.monotonic() - sent
     finally:
         proc.kill()

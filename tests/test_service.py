@@ -89,6 +89,68 @@ def test_a_worker_its_nanny_restarts_runs_the_slow_timers_too(cluster_address: s
     assert _timers_by_name(cluster_address)["worker-1"] == ("500ms", "100ms", "500ms")
 
 
+def _nannies(client: distributed.Client) -> dict[str, str]:
+    """Each worker's name and the address of the nanny that runs it."""
+    return {str(w["name"]): str(w["nanny"]) for w in client.scheduler_info()["workers"].values()}
+
+
+def _wait_for_worker(client: distributed.Client, name: str, unlike: str, seconds: float) -> str:
+    """Wait until worker ``name`` is back under an address other than ``unlike``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        workers = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+        if workers.get(name) not in (None, unlike):
+            return str(workers[name])
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not come back within {seconds:.0f}s: {workers}")
+
+
+async def _close_nanny(dask_scheduler: Any, name: str) -> str:
+    """Run on the scheduler, in the service's process: close the nanny of worker ``name``,
+    as dask itself does when it gives a worker up."""
+    from distributed import Nanny
+
+    for nanny in list(Nanny._instances):
+        if nanny.name == name and nanny.status.name == "running":
+            await nanny.close(reason="closed by a test")
+            return str(nanny.address)
+    raise LookupError(name)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_nanny_stopped_is_started_again(cluster_address: str) -> None:
+    with distributed.Client(cluster_address, set_as_default=False, timeout=30) as client:
+        before = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+        closed = client.run_on_scheduler(_close_nanny, name="worker-1")
+        # Before: the service ran on with one worker fewer, for good.
+        _wait_for_worker(client, "worker-1", before["worker-1"], 60)
+        assert _nannies(client)["worker-1"] != closed  # a new nanny, not the closed one
+    assert _timers_by_name(cluster_address)["worker-1"] == ("500ms", "100ms", "500ms")
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_under_way_when_dask_checks_for_lost_workers_keeps_the_nanny(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from just_distribute.executors.cluster_worker import exit_worker
+    from just_distribute.service import start_service
+
+    # dask gives a worker up when none of its name is back this long after it left (15 s
+    # by default): 50 ms lands the check inside every restart.
+    monkeypatch.setenv("DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT", "50ms")
+    with start_service(1) as service, distributed.Client(
+        service.address, set_as_default=False, timeout=30
+    ) as client:
+        for _ in range(2):
+            before = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+            nanny = _nannies(client)["worker-0"]
+            client.run(exit_worker, workers=[before["worker-0"]], wait=False)
+            _wait_for_worker(client, "worker-0", before["worker-0"], 60)
+            time.sleep(0.5)  # past dask's check
+            # Before: dask closed the nanny at the check; worker-0 never came back.
+            assert _nannies(client) == {"worker-0": nanny}, service.log_text()
+
+
 def test_a_dask_setting_of_the_user_wins_over_the_quiet_timers() -> None:
     import dask.config
 

@@ -79,6 +79,17 @@ class ServiceHandle:
         """Whether the service process is still alive."""
         return self._proc.poll() is None
 
+    def log_text(self, last: int = 20_000) -> str:
+        """The end (``last`` characters) of what the service has logged so far: dask's
+        errors and the service's own warnings (a worker it had to start again, say)."""
+        if self._log.closed:
+            return ""
+        # pread, not seek: the service writes through the same file offset.
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - 4 * last)
+        return os.pread(fd, size - start, start).decode(errors="replace")[-last:]
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the service and every process it started (SIGTERM, then SIGKILL).
 

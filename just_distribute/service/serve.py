@@ -73,6 +73,41 @@ def quiet_timers() -> contextlib.AbstractContextManager[object]:
     return dask.config.set(ours)
 
 
+#: dask's SpecCluster closes the nanny of a worker that left the scheduler when no worker of
+#: that name has come back ``lost-worker-timeout`` (15 s) later, and never starts it again.
+#: Meant for clusters whose workers a job queue replaces; in the service a nanny restarts
+#: its own worker, and a restart that happened to be under way at that moment (a withdrawn
+#: call's worker ended, ``Client.restart``) cost the service that worker for good.
+_KEEP_NANNIES = {"distributed.deploy.lost-worker-timeout": "3650 days"}
+
+
+def _revive_workers(cluster: Any) -> list[str]:
+    """Start again, from the service's spec, every worker whose nanny is gone or closed;
+    return their names. Whatever ended a nanny, the service keeps its N workers."""
+    from distributed.core import Status
+
+    def gone() -> list[str]:
+        return [
+            name for name in cluster.worker_spec
+            if name not in cluster.workers
+            or cluster.workers[name].status in (Status.closed, Status.failed)
+        ]
+
+    if not gone():  # read from this thread: cheap, and the loop thread re-checks
+        return []
+
+    async def revive() -> list[str]:
+        names = gone()
+        for name in names:
+            cluster.workers.pop(name, None)
+        if names:
+            await cluster._correct_state()
+        return names
+
+    names: list[str] = cluster.sync(revive)
+    return names
+
+
 def worker_count(text: str) -> int:
     """An argparse type: a worker count of at least 1."""
     try:
@@ -269,7 +304,9 @@ def serve(
     }
     # For the service's whole life, not only while it starts: a nanny hands its config
     # (a shallow copy, which dask's context exit would reset) to every worker it restarts.
-    with quiet_timers():
+    import dask.config
+
+    with quiet_timers(), dask.config.set(_KEEP_NANNIES):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bokeh-missing and port-in-use chatter
             cluster = SpecCluster(  # type: ignore[no-untyped-call]
@@ -314,6 +351,14 @@ def serve(
                 if parent_pid is not None and not _alive(parent_pid):
                     log.warning("the process that started the service is gone: stopping")
                     break
+                try:
+                    revived = _revive_workers(cluster)
+                except Exception as exc:  # the next round tries again
+                    log.warning("could not start a lost worker again: %s", exc)
+                    continue
+                if revived:
+                    log.warning("started %s again: its nanny had stopped",
+                                ", ".join(revived))
         finally:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=30)

@@ -55,12 +55,8 @@ fi
 run_suite() {  # VERSION PYTEST-ARGS...: the suite into its log; its status and time beside
     local v=$1 started=$SECONDS status
     shift
-    # Run in the background, the suite starts with SIGINT ignored (a shell's `&`), and so
-    # would every program it starts: its Ctrl-C tests would fail. Python's handler again
-    # (the programs it starts then get the default: exec resets a handled signal).
-    ".venv-$v/bin/python" -c 'import signal, sys, pytest
-signal.signal(signal.SIGINT, signal.default_int_handler)
-sys.exit(pytest.main(sys.argv[1:]))' "$@" >"$logs/$v.log" 2>&1
+    # (In the background SIGINT starts ignored: tests/conftest.py puts Python's handler back.)
+    ".venv-$v/bin/python" -m pytest "$@" >"$logs/$v.log" 2>&1
     status=$?
     echo "$status $((SECONDS - started))" >"$logs/$v.status"
 }

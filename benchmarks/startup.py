@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,7 @@ def s7_warm(cfg: Config) -> Scenario:
 
 
 FORK = "multiprocessing.Pool.map (fork)"
+NO_PYC = "just_distribute, compute, no .pyc files"
 _COLD = {
     OURS_COMPUTE: (
         "from just_distribute import distribute\n"
@@ -120,8 +123,9 @@ _COLD = {
 }
 
 
-def _cold_once(setup: str, call: str, teardown: str) -> float:
-    """Seconds of the first call in a fresh interpreter (after its imports)."""
+def _cold_once(setup: str, call: str, teardown: str, where: str | None = None) -> float:
+    """Seconds of the first call in a fresh interpreter (after its imports), run in
+    ``where`` (default: this checkout)."""
     code = "\n".join([
         "import os, sys, time",
         "from benchmarks.workloads import square",
@@ -138,8 +142,10 @@ def _cold_once(setup: str, call: str, teardown: str) -> float:
     # would keep a reader waiting.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=ROOT, stdout=out, stderr=err,
+            [sys.executable, "-c", code], cwd=where or ROOT, stdout=out, stderr=err,
             stdin=subprocess.DEVNULL,
+            # (a copy elsewhere stays without .pyc files: it must compile every time)
+            env=None if where is None else {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
         try:
             code_ = proc.wait(timeout=120)
@@ -155,18 +161,43 @@ def _cold_once(setup: str, call: str, teardown: str) -> float:
     return float(text.split()[0])
 
 
+def _compiled() -> None:
+    """Write the package's (and these benchmarks') ``.pyc`` files, as installing a wheel
+    does: a checkout's editable install has none under ``PYTHONDONTWRITEBYTECODE``, and
+    every fresh interpreter would compile each module it loads again."""
+    import compileall
+
+    for folder in ("just_distribute", "benchmarks"):
+        compileall.compile_dir(str(Path(ROOT, folder)), quiet=1)
+
+
 def s7_cold(cfg: Config) -> Scenario:
     """S7: the first call of a function in a fresh interpreter: the pool starts."""
+    _compiled()
+    # The same call from a copy of the checkout without .pyc files (the caller and its
+    # workers load the package from the working directory, first on their path): what a
+    # cold start costs when every process compiles the package's modules it loads.
+    bare = tempfile.mkdtemp(prefix="jd-no-pyc-")
+    for folder in ("just_distribute", "benchmarks"):
+        shutil.copytree(Path(ROOT, folder), Path(bare, folder),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    cases: list[tuple[str, tuple[str, str, str], str | None]] = [
+        (name, spec, None) for name, spec in _COLD.items()
+    ]
+    cases.insert(1, (NO_PYC, _COLD[OURS_COMPUTE], bare))
     rows: list[Row] = []
-    for name, (setup, call, teardown) in _COLD.items():
+    for name, (setup, call, teardown), where in cases:
         row = Row(name, unit="ms", ours=name.startswith("just_distribute"))
         try:
             if not cfg.smoke:
-                _cold_once(setup, call, teardown)  # warm-up: the disk cache, .pyc files
-            row.values = [_cold_once(setup, call, teardown) * MS for _ in range(cfg.runs)]
+                _cold_once(setup, call, teardown, where)  # warm-up: the disk cache
+            row.values = [
+                _cold_once(setup, call, teardown, where) * MS for _ in range(cfg.runs)
+            ]
         except Exception as exc:
             row.error = f"{type(exc).__name__}: {exc}"[:200]
         rows.append(row)
+    shutil.rmtree(bare, ignore_errors=True)
     sc = Scenario(
         "S7c", "a cold call",
         "the first call of a function on 8 elements in a fresh interpreter (pool start "
@@ -189,11 +220,18 @@ def s7_cold(cfg: Config) -> Scenario:
         "be killed alone), all started at once; a chunk taken by a worker still starting is "
         "sent by the first one up. A worker runs Python with its `site` (the installed "
         "packages' `.pth` files: an editable install's finder is most of it), then loads "
-        "four modules of the package (the package `__init__`s, configuration, registry and "
-        "error classes are not run there) and the standard library they use (pickle, "
-        "socket, threading, typing, dataclasses, logging, traceback). A fork copies a "
-        "running interpreter instead: no start-up at all, which a fresh interpreter cannot "
-        "match; the pool then stays up for every later call (S7)."
+        "four modules of the package (the package `__init__`s, configuration, registry, "
+        "error classes and the caller's side of updates are not run there) and the light "
+        "standard library they use (pickle, socket, threading, typing; not logging, "
+        "dataclasses, inspect or traceback). A fork copies a running interpreter instead: "
+        "no start-up at all, which a fresh interpreter cannot match; the pool then stays up "
+        "for every later call (S7)."
+    )
+    sc.notes.append(
+        f"The package's `.pyc` files are written first, as installing a wheel does (this "
+        f"checkout is an editable install; with `PYTHONDONTWRITEBYTECODE` set it would have "
+        f"none). The row '{NO_PYC}' is the same call when every process compiles the "
+        f"modules it loads: the caller the executor's, each worker its four."
     )
     return sc
 

@@ -29,7 +29,7 @@ WORKER_MODULES = {
     "just_distribute.executors.process_main",
     "just_distribute.executors.wire",
     "just_distribute.executors.chunk",
-    "just_distribute.updates",
+    "just_distribute.channel",
 }
 
 
@@ -81,8 +81,11 @@ def test_a_worker_loads_only_what_runs_a_chunk(tmp_path: Path) -> None:
     assert ours <= WORKER_MODULES, sorted(ours - WORKER_MODULES)
     # The heavy parts a worker used to load at start-up: error classes (and the
     # multiprocessing.pool they extend), configuration, the executors' base.
+    # And the standard library the caller's side of updates and a failure's traceback use.
     for module in ("multiprocessing.pool", "concurrent.futures", "just_distribute.errors",
-                   "just_distribute.config", "just_distribute.executors.base"):
+                   "just_distribute.config", "just_distribute.executors.base",
+                   "just_distribute.updates", "logging", "dataclasses", "inspect",
+                   "traceback"):
         assert module not in loaded, module
     import just_distribute
 

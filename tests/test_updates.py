@@ -22,7 +22,7 @@ import pytest
 
 import just_distribute
 from just_distribute import Pool, Update, compute_this, distribute, update
-from just_distribute.updates import CAPACITY, _Buffer
+from just_distribute.channel import CAPACITY, Buffer
 
 LOCAL_JOBS = ["compute", "io", "web", "serial"]
 FLOOD = 100_000
@@ -208,7 +208,7 @@ def test_a_slow_callback_thins_a_flood_and_never_blocks_the_call() -> None:
 
 
 def test_the_buffer_coalesces_older_values_of_the_same_names() -> None:
-    buf = _Buffer(capacity=10)
+    buf = Buffer(capacity=10)
     for i in range(100):
         buf.add(("loss", i), 0, (False, "loss"))
         buf.add(("acc", i), 0, (False, "acc"))

@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import Any, ClassVar
 
+from just_distribute.channel import Channel
 from just_distribute.errors import SendError
 from just_distribute.executors.chunk import ChunkResult, run_chunk
-from just_distribute.updates import Channel, TaskUpdates
+from just_distribute.updates import TaskUpdates
 
 __all__ = [
     "ChunkFuture", "Executor", "Payload", "PortableTask", "RunScope", "Task", "current_run",

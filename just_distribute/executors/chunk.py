@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextvars
 import time
-import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
-from just_distribute import updates as _updates
-from just_distribute.updates import Channel
+from just_distribute import channel as _channel
+from just_distribute.channel import Channel
+
+# Not ``typing.TYPE_CHECKING``: a worker process imports this module, and typing (with
+# NamedTuple classes) would add ~3 ms to every cold start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CallError", "ChunkResult", "current_job", "run_chunk"]
 
@@ -25,22 +29,38 @@ current_job: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 
-class CallError(NamedTuple):
+class CallError:
     """A call that raised: its position ``at`` in the chunk, the exception, the traceback."""
 
-    at: int
-    exc: BaseException
-    tb: str | None
+    __slots__ = ("at", "exc", "tb")
+
+    def __init__(self, at: int, exc: BaseException, tb: str | None) -> None:
+        self.at = at
+        self.exc = exc
+        self.tb = tb
+
+    def __repr__(self) -> str:
+        return f"CallError(at={self.at}, exc={self.exc!r})"
 
 
-class ChunkResult(NamedTuple):
+class ChunkResult:
     """The outcome of a chunk: one value per call run, the errors, where and when it ran."""
 
-    values: list[Any]
-    errors: list[CallError]
-    worker: str
-    started: float
-    ended: float
+    __slots__ = ("ended", "errors", "started", "values", "worker")
+
+    def __init__(
+        self, values: list[Any], errors: list[CallError], worker: str, started: float,
+        ended: float,
+    ) -> None:
+        self.values = values
+        self.errors = errors
+        self.worker = worker
+        self.started = started
+        self.ended = ended
+
+    def __repr__(self) -> str:
+        return (f"ChunkResult({len(self.values)} values, {len(self.errors)} errors, "
+                f"worker={self.worker!r})")
 
 
 #: With a stop check, a chunk runs in slices that grow until one takes about this long: the
@@ -72,12 +92,18 @@ def _run_rows(
             else:
                 values.extend(map(fn, *(col[done:stop] for col in columns)))
         except Exception as exc:
-            tb = "".join(traceback.format_exception(exc)) if remote else None
+            tb = _format(exc) if remote else None
             errors.append(CallError(len(values), exc, tb))
             if stop_on_error:
                 return True
             values.append(exc)
     return False
+
+
+def _format(exc: BaseException) -> str:
+    import traceback  # on a failure only: it loads linecache, tokenize and textwrap
+
+    return "".join(traceback.format_exception(exc))
 
 
 def run_chunk(
@@ -106,7 +132,7 @@ def run_chunk(
     values: list[Any] = []
     errors: list[CallError] = []
     # The channel reads len(values) for the running call's offset: no per-call cost.
-    channel_token = _updates.install(channel, values)
+    channel_token = _channel.install(channel, values)
     n = len(columns[0]) if columns else 0
     tick = channel.tick if channel is not None else None
     try:
@@ -127,6 +153,6 @@ def run_chunk(
                     ticked = now
                     tick(len(values))
     finally:
-        _updates.uninstall(channel_token)
+        _channel.uninstall(channel_token)
         current_job.reset(token)
     return ChunkResult(values, errors, worker, started, time.time())

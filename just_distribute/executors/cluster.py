@@ -67,7 +67,7 @@ from collections.abc import Sequence
 from concurrent.futures import InvalidStateError
 from typing import Any
 
-from just_distribute import updates as _updates
+from just_distribute import channel as _channel
 from just_distribute.config import Options
 from just_distribute.errors import (
     ClusterUnreachableError,
@@ -284,7 +284,7 @@ class ClusterExecutor(Executor):
             if receiver is None:
                 return
             try:
-                records, dropped, done = _updates.decode(data)
+                records, dropped, done = _channel.decode(data)
             except Exception as exc:  # a value whose class the caller cannot import
                 log.debug("updates of %s could not be read: %s", key, exc)
                 return
@@ -465,7 +465,7 @@ class ClusterExecutor(Executor):
         if ok and isinstance(value, tuple):  # (outcome, worker, the chunk's last updates)
             value, worker, tail = value
             if receiver is not None:
-                records, dropped, _done = _updates.decode(tail)
+                records, dropped, _done = _channel.decode(tail)
                 receiver.receive(worker, records, dropped)
         if ok:
             try:

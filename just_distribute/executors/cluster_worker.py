@@ -26,7 +26,7 @@ import traceback
 from collections import OrderedDict
 from typing import Any
 
-from just_distribute import updates as _updates
+from just_distribute import channel as _channel
 from just_distribute.executors import wire as _wire
 from just_distribute.executors.chunk import run_chunk
 
@@ -168,7 +168,7 @@ def run_on_worker(
     except Exception:
         tb = traceback.format_exc()
         return _wire.dumps(("unloadable", None, tb))
-    outbox: _updates.Outbox | None = None
+    outbox: _channel.Outbox | None = None
     stopped = None
     key_text = f"local-{id(columns)}"  # (not on a dask worker: nobody interrupts it)
     try:
@@ -182,7 +182,7 @@ def run_on_worker(
         task_key = worker.get_current_task()
         worker.log_event(START_TOPIC, [task_key, worker.address])
         key_text = str(task_key)
-        outbox = _updates.Outbox(functools.partial(_send_updates, worker, key_text))
+        outbox = _channel.Outbox(functools.partial(_send_updates, worker, key_text))
         stopped = cancelled_check(worker, task_key)
     channel = None if outbox is None else outbox.ticking if ticks else outbox.channel
     entry = _Running()
@@ -212,7 +212,7 @@ def run_on_worker(
     outcome = _pack(result, stop_on_error, by_value, strict)
     if tail or dropped:
         # The last updates travel with the outcome: the sending thread has not sent them.
-        return (outcome, name, _updates.encode(tail, dropped))
+        return (outcome, name, _channel.encode(tail, dropped))
     return outcome
 
 
@@ -229,7 +229,7 @@ def _send_updates(
     worker: Any, key: str, records: list[Any], dropped: int, done: int | None = None
 ) -> None:
     worker.log_event(
-        UPDATE_TOPIC, (key, str(worker.name), _updates.encode(records, dropped, done))
+        UPDATE_TOPIC, (key, str(worker.name), _channel.encode(records, dropped, done))
     )
 
 

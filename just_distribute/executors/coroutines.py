@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from just_distribute import updates as _updates
+from just_distribute import channel as _channel
 from just_distribute.executors.base import ChunkFuture, Executor, Task, current_run, is_async
 from just_distribute.executors.chunk import TICK_SECONDS, CallError, ChunkResult, current_job
 from just_distribute.executors.threads import DaemonThreadPool, pass_failure, run_in_thread
@@ -140,7 +140,7 @@ class CoroutineExecutor(Executor):
         values: list[Any] = []
         errors: list[CallError] = []
         channel = task.channel(name)
-        updates_token = _updates.install(channel, values)
+        updates_token = _channel.install(channel, values)
         tick = channel.tick if channel is not None else None
         ticked = time.monotonic()
         try:
@@ -159,7 +159,7 @@ class CoroutineExecutor(Executor):
                         break
                     values.append(exc)
         finally:
-            _updates.uninstall(updates_token)
+            _channel.uninstall(updates_token)
             current_job.reset(job_token)
             current_run.reset(run_token)
         if not fut.done():

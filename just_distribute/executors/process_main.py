@@ -67,7 +67,8 @@ import sys
 import threading
 import time
 import types
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # (not typing's: a worker loads this module, see chunk.py)
 
 if TYPE_CHECKING:
     from typing import Any
@@ -91,9 +92,21 @@ _init_lock = threading.Lock()
 
 class _DeferredInit(types.ModuleType):
     """A package registered before its ``__init__`` ran: the first lookup of a name it does
-    not hold yet runs it, in place (so every reference to the package object stays good)."""
+    not hold yet runs it, in place (so every reference to the package object stays good).
+
+    A submodule's name is the exception: ``from package import submodule`` looks the name
+    up before it imports the submodule, and gets the submodule alone, as ``import
+    package.submodule`` does (the worker's ``shm`` for a message with arrays, at exit).
+    """
 
     def __getattr__(self, name: str) -> Any:
+        from importlib.machinery import PathFinder
+
+        full = f"{self.__name__}.{name}"
+        if full in sys.modules or PathFinder.find_spec(full, self.__path__) is not None:
+            import importlib
+
+            return importlib.import_module(full)
         with _init_lock:
             if type(self) is _DeferredInit:
                 # The class goes first: a lookup made while __init__ runs sees a partly
@@ -110,9 +123,8 @@ def defer_package_init(names: tuple[str, ...]) -> None:
     """Make the packages ``names`` (registered by :data:`BOOTSTRAP`, their ``__init__`` not
     run) run their ``__init__`` on the first lookup of a name they do not hold.
 
-    Called once the worker's own modules are loaded: until then, ``from just_distribute
-    import updates`` (in :mod:`~just_distribute.executors.chunk`) finds no attribute and
-    imports the submodule, as it should, instead of running the ``__init__``.
+    Called once the worker's own modules are loaded (a submodule imported meanwhile is not
+    a lookup that runs an ``__init__`` either).
     """
     for name in names:
         module = sys.modules[name]
@@ -156,8 +168,8 @@ def _send_updates(
     conn: socket.socket, records: list[Any], dropped: int, done: int | None = None
 ) -> None:
     """Send a batch of the running chunk's updates (a frame between its start and outcome)."""
+    from just_distribute.channel import FRAME_TAG, encode
     from just_distribute.executors.wire import send_frame
-    from just_distribute.updates import FRAME_TAG, encode
 
     send_frame(conn, FRAME_TAG + encode(records, dropped, done))
 
@@ -176,9 +188,9 @@ def main(deferred: tuple[str, ...] = ()) -> None:
             (:func:`defer_package_init`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from just_distribute.channel import Outbox
     from just_distribute.executors.chunk import run_chunk
     from just_distribute.executors.wire import loads, pack_outcome, recv_frame, send_frame
-    from just_distribute.updates import Outbox
 
     defer_package_init(deferred)
 

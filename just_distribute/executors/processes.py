@@ -26,7 +26,7 @@ from concurrent.futures import InvalidStateError
 from pathlib import Path
 from typing import Any
 
-from just_distribute import updates as _updates
+from just_distribute import channel as _channel
 from just_distribute.errors import (
     InitializerError,
     ReceiveError,
@@ -292,7 +292,7 @@ class _Worker:
                 self._lost(fut)
                 sent = None
                 continue
-            if reply[:1] == _updates.FRAME_TAG:  # updates of the running chunk, not its outcome
+            if reply[:1] == _channel.FRAME_TAG:  # updates of the running chunk, not its outcome
                 self._updates(reply, fut)
                 continue
             owner.running.pop(fut, None)
@@ -329,7 +329,7 @@ class _Worker:
         if fut.updates is None:
             return
         try:
-            records, dropped, done = _updates.decode(memoryview(frame)[1:])
+            records, dropped, done = _channel.decode(memoryview(frame)[1:])
         except Exception as exc:  # a value whose class the caller cannot import
             log.debug("updates from worker %s could not be read: %s", self.pid, exc)
             return

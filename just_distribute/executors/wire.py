@@ -16,9 +16,11 @@ import socket
 import struct
 import sys
 import types
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+TYPE_CHECKING = False  # (not typing's: a worker loads this module, see chunk.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from just_distribute.executors.chunk import ChunkResult
 
 __all__ = [
@@ -266,7 +268,7 @@ def loads(data: bytes | bytearray) -> Any:
 # to Exception (which plain unpickling cannot call).
 
 
-class ExceptionRecord(NamedTuple):
+class ExceptionRecord:
     """An exception on its way from a worker to the caller.
 
     Attributes:
@@ -279,13 +281,22 @@ class ExceptionRecord(NamedTuple):
         lost: names of attributes that could not be pickled.
     """
 
-    module: str
-    qualname: str
-    args: tuple[Any, ...]
-    state: dict[str, Any]
-    text: str
-    blob: bytes | None
-    lost: tuple[str, ...]
+    __slots__ = ("args", "blob", "lost", "module", "qualname", "state", "text")
+
+    def __init__(
+        self, module: str, qualname: str, args: tuple[Any, ...], state: dict[str, Any],
+        text: str, blob: bytes | None, lost: tuple[str, ...],
+    ) -> None:
+        self.module = module
+        self.qualname = qualname
+        self.args = args
+        self.state = state
+        self.text = text
+        self.blob = blob
+        self.lost = lost
+
+    def __repr__(self) -> str:
+        return f"ExceptionRecord({self.module}.{self.qualname}: {self.text!r})"
 
 
 def _sendable(value: Any) -> bool:
@@ -423,7 +434,8 @@ def pack_outcome(
             if at < len(values) and isinstance(values[at], BaseException):
                 values[at] = rec  # on_error="return": the exception is also the value
         # (A record stands where the exception will be again once rebuilt.)
-        errors = [CallError(e.at, cast(Any, records[e.at]), e.tb) for e in res.errors]
+        errors = [CallError(e.at, records[e.at], e.tb)  # type: ignore[arg-type]
+                  for e in res.errors]
         return ChunkResult(values, errors, res.worker, res.started, res.ended)
 
     if by_value is not None:

@@ -57,6 +57,9 @@ def test_a_worker_loads_only_what_runs_a_chunk(tmp_path: Path) -> None:
         def modules(_: int) -> list[str]:
             return sorted(sys.modules)
 
+        def modules_with(array: object) -> list[str]:
+            return sorted(sys.modules)
+
         def package_names(_: int) -> list[str]:
             # A user's function may use the package: its __init__ runs on that first use.
             from just_distribute import __version__, update
@@ -67,13 +70,16 @@ def test_a_worker_loads_only_what_runs_a_chunk(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent("""
         import json
         from just_distribute import distribute
-        from probe import modules, package_names
+        import numpy as np
+        from probe import modules, modules_with, package_names
 
         f = distribute(modules, job="compute", workers=1)
         f([0])  # a first chunk: whatever its outcome loads is loaded for the second
         loaded = f([0])[0]
+        # 8 MB: it travels through shared memory, which the worker loads for it.
+        big = distribute(modules_with, job="compute", workers=1)([np.zeros(1 << 20)])[0]
         names = distribute(package_names, job="compute", workers=1)([0])[0]
-        print(json.dumps({"loaded": loaded, "names": names}))
+        print(json.dumps({"loaded": loaded, "big": big, "names": names}))
     """))
     out = run_script(script, tmp_path)
     loaded = set(out["loaded"])  # type: ignore[call-overload]
@@ -87,6 +93,11 @@ def test_a_worker_loads_only_what_runs_a_chunk(tmp_path: Path) -> None:
                    "just_distribute.updates", "logging", "dataclasses", "inspect",
                    "traceback"):
         assert module not in loaded, module
+    # Before: the shared-memory module's import ran the executors' __init__ in the worker.
+    big = set(out["big"])  # type: ignore[call-overload]
+    assert "just_distribute.executors.shm" in big
+    assert {m for m in big if m.startswith("just_distribute")} <= WORKER_MODULES | {
+        "just_distribute.executors.shm", "just_distribute._pids"}, sorted(big)
     import just_distribute
 
     names = out["names"]

@@ -238,16 +238,6 @@ def interrupt(
     return proc, sent
 
 
-def restart_the_workers(address: str) -> None:
-    """Give the session's cluster fresh workers: the calls of a program that Ctrl-C ended
-    run on there (the program is gone before it can restart their workers; issue 17), and
-    the next test would wait a minute behind them (59 s instead of 2 s)."""
-    import distributed
-
-    with distributed.Client(address, set_as_default=False, timeout=30) as client:
-        client.restart(timeout=60)
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("job", CTRL_C_JOBS)
 def test_an_uncaught_ctrl_c_ends_the_program_within_about_a_second(
@@ -265,8 +255,8 @@ def test_an_uncaught_ctrl_c_ends_the_program_within_about_a_second(
     finally:
         proc.kill()
         _, err = proc.communicate()
-        if job == "cluster":
-            restart_the_workers(request.getfixturevalue("cluster_address"))
+        # (On the cluster, the program's calls, left behind, end by themselves: see
+        # test_promises_runtime_cluster.py.)
     assert code != 0 and "KeyboardInterrupt" in err, err
     # Before: 14 s on io, 5 s on web with async def, over 90 s on web with a plain function.
     assert took < 3, f"the program took {took:.1f}s to end after Ctrl-C"

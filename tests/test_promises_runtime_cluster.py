@@ -204,3 +204,68 @@ def test_a_multi_thread_worker_is_interrupted_never_restarted(
     time.sleep(6)
     meeting = distribute(meet, job="cluster", address=address, chunksize=1)
     assert meeting([0, 1], marker_dir=str(tmp_path)) == [0, 1]
+
+
+UNCAUGHT_SCRIPT = '''
+import os, signal, sys, threading, time
+from pathlib import Path
+from just_distribute import distribute
+from test_promises_runtime_cluster import nap, spin
+
+if __name__ == "__main__":
+    address, marker_dir, kind = sys.argv[1:4]
+    def press_ctrl_c():
+        while len([p for p in os.listdir(marker_dir) if p.startswith("started-")]) < 2:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    fn = spin if kind == "python" else nap
+    distribute(fn, job="cluster", address=address, chunksize=1)([0, 1], marker_dir=marker_dir)
+'''
+
+
+def uncaught_ctrl_c(address: str, tmp_path: Path, kind: str) -> Path:
+    """Run a script whose two calls Ctrl-C interrupts, uncaught: the script is gone before
+    it can stop them; return the folder of their markers."""
+    script = tmp_path / "uncaught.py"
+    script.write_text(UNCAUGHT_SCRIPT)
+    markers = tmp_path / kind
+    markers.mkdir()
+    env = script_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])
+    out = subprocess.run(
+        [sys.executable, str(script), address, str(markers), kind],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert out.returncode != 0 and "KeyboardInterrupt" in out.stderr, out.stderr
+    return markers
+
+
+@pytest.mark.timeout(120)
+def test_an_uncaught_ctrl_c_leaves_no_python_call_running_on_the_cluster(
+    cluster_address: str, tmp_path: Path
+) -> None:
+    before = worker_pids(cluster_address)
+    markers = uncaught_ctrl_c(cluster_address, tmp_path, "python")
+    # Before: the two 30 s loops ran to their end, holding both workers for the next caller.
+    for x in (0, 1):
+        assert wait_for(markers / f"interrupted-{x}", 15), f"call {x} was not interrupted"
+    meeting = distribute(meet, job="cluster", address=cluster_address, chunksize=1)
+    assert meeting([0, 1], marker_dir=str(tmp_path / "python")) == [0, 1]
+    assert worker_pids(cluster_address) == before  # interrupted, not restarted
+
+
+@pytest.mark.timeout(120)
+def test_an_uncaught_ctrl_c_frees_one_thread_workers_from_calls_blocked_in_c(
+    cluster_address: str, tmp_path: Path
+) -> None:
+    before = worker_pids(cluster_address)
+    uncaught_ctrl_c(cluster_address, tmp_path, "blocked")
+    began = time.monotonic()
+    meeting = distribute(meet, job="cluster", address=cluster_address, chunksize=1)
+    assert meeting([0, 1], marker_dir=str(tmp_path / "blocked")) == [0, 1]
+    # Before: both workers slept out their 30 s calls first. (A bound against that wait,
+    # not a timing: the workers end ~3 s after the script, and start again in 1-2 s.)
+    assert time.monotonic() - began < 20
+    assert not worker_pids(cluster_address) & before  # both were fresh processes

@@ -14,14 +14,23 @@ thread (the caller drives them, see ``ClusterExecutor.withdraw``):
 3. a one-thread worker whose call survived both is ended, and its nanny starts a fresh one
    (:func:`exit_worker`). A worker with more threads runs other tasks and is kept: the
    stuck call holds one of its threads until it returns (its result is dropped).
+
+The worker takes the last two steps itself when nobody else does: a caller that Ctrl-C
+ended, or that was killed, is gone before it can (its tasks are released when its client
+disconnects, which marks them cancelled here). A watchdog thread (:func:`_watch`) gives a
+chunk whose task stopped ``ORPHAN_GRACE`` seconds to end, then interrupts its call, and a
+second later ends a one-thread worker whose call still runs. A caller that is alive has
+done both by then (after a fifth of a second to a second, see ``ClusterExecutor.withdraw``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import pickle
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from typing import Any
@@ -46,19 +55,27 @@ START_TOPIC = "just-distribute-chunk-started"
 #: The dask event topic on which a worker sends the updates of a running chunk.
 UPDATE_TOPIC = "just-distribute-chunk-updates"
 _WORKER_CACHE_SIZE = 8
+#: Seconds a chunk whose task stopped (cancelled, released) may run on before the worker
+#: interrupts its call itself; one more, and a one-thread worker whose call still runs ends.
+#: Longer than the caller's own steps take (``WITHDRAW_GRACE``, 1 s, and 0.2 s after it).
+ORPHAN_GRACE = 2.0
+_WATCH_SECONDS = 0.25
 _worker_cache: OrderedDict[str, Any] = OrderedDict()
 _worker_lock = threading.Lock()
 
 
 class _Running:
-    """A chunk running in this worker: the thread that runs it, and whether it was
-    interrupted (at most once)."""
+    """A chunk running in this worker: the thread that runs it, whether it was interrupted
+    (at most once), its task's stop check, and since when that check says stop."""
 
-    __slots__ = ("fired", "ident")
+    __slots__ = ("alone", "fired", "ident", "since", "stopped")
 
-    def __init__(self) -> None:
+    def __init__(self, stopped: Any = None, alone: bool = False) -> None:
         self.ident = threading.get_ident()
         self.fired = False
+        self.stopped = stopped
+        self.since: float | None = None
+        self.alone = alone  # the worker has one thread: ending it frees nobody else's call
 
 
 #: The chunks running in this worker process, by task key (see :func:`interrupt_calls`).
@@ -80,6 +97,50 @@ def _finish(key: str, entry: _Running) -> None:
             del _running[key]
         if entry.fired:  # raised, and maybe not seen yet: it must not hit what comes next
             _set_async_exc(entry.ident, None)
+
+
+_watcher: threading.Thread | None = None
+
+
+def _watch() -> None:
+    """The watchdog of this worker's running chunks (see the module's docstring)."""
+    while True:
+        time.sleep(_WATCH_SECONDS)
+        now = time.monotonic()
+        stuck = False
+        with _running_lock:
+            for entry in _running.values():
+                try:
+                    stopped = entry.stopped is not None and entry.stopped()
+                except Exception:  # the worker is closing: its tasks go with it
+                    stopped = False
+                if not stopped:
+                    entry.since = None
+                    continue
+                if entry.since is None:
+                    entry.since = now
+                elif now - entry.since >= ORPHAN_GRACE + 1.0 and entry.fired and entry.alone:
+                    stuck = True
+                elif now - entry.since >= ORPHAN_GRACE and not entry.fired:
+                    entry.fired = True
+                    _set_async_exc(entry.ident, KeyboardInterrupt)
+        if stuck:
+            # A call blocked in C code, which the interrupt waits for, holds the worker's
+            # only thread for a caller that left: a fresh process serves the next caller.
+            os.write(2, b"just_distribute: a stopped chunk's call is still running after "
+                        b"its interrupt; ending this one-thread worker (its nanny starts "
+                        b"a fresh one)\n")
+            os._exit(75)
+
+
+def _start_watch() -> None:
+    global _watcher
+    with _running_lock:
+        if _watcher is None:
+            _watcher = threading.Thread(
+                target=_watch, name="just_distribute-watch", daemon=True
+            )
+            _watcher.start()
 
 
 def interrupt_calls(keys: list[str]) -> bool:
@@ -170,6 +231,7 @@ def run_on_worker(
         return _wire.dumps(("unloadable", None, tb))
     outbox: _channel.Outbox | None = None
     stopped = None
+    alone = False
     key_text = f"local-{id(columns)}"  # (not on a dask worker: nobody interrupts it)
     try:
         worker = get_worker()
@@ -184,8 +246,10 @@ def run_on_worker(
         key_text = str(task_key)
         outbox = _channel.Outbox(functools.partial(_send_updates, worker, key_text))
         stopped = cancelled_check(worker, task_key)
+        alone = getattr(getattr(worker, "state", None), "nthreads", 0) == 1
+        _start_watch()
     channel = None if outbox is None else outbox.ticking if ticks else outbox.channel
-    entry = _Running()
+    entry = _Running(stopped, alone)
     with _running_lock:
         _running[key_text] = entry
     try:

@@ -100,15 +100,21 @@ def _finish(key: str, entry: _Running) -> None:
 
 
 _watcher: threading.Thread | None = None
+#: Set while chunks run here: an idle worker's watchdog sleeps without waking (a service of
+#: 32 workers would otherwise wake 128 times a second for nothing).
+_busy = threading.Event()
 
 
 def _watch() -> None:
     """The watchdog of this worker's running chunks (see the module's docstring)."""
     while True:
+        _busy.wait()
         time.sleep(_WATCH_SECONDS)
         now = time.monotonic()
         stuck = False
         with _running_lock:
+            if not _running:
+                _busy.clear()  # (set again, under this lock, by the next chunk)
             for entry in _running.values():
                 try:
                     stopped = entry.stopped is not None and entry.stopped()
@@ -252,6 +258,7 @@ def run_on_worker(
     entry = _Running(stopped, alone)
     with _running_lock:
         _running[key_text] = entry
+        _busy.set()
     try:
         try:
             result = run_chunk(

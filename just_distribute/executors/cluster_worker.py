@@ -33,6 +33,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from just_distribute import channel as _channel
@@ -70,12 +71,18 @@ class _Running:
 
     __slots__ = ("alone", "fired", "ident", "since", "stopped")
 
-    def __init__(self, stopped: Any = None, alone: bool = False) -> None:
+    def __init__(self, stopped: Callable[[], bool] | None = None, alone: bool = False) -> None:
         self.ident = threading.get_ident()
         self.fired = False
         self.stopped = stopped
         self.since: float | None = None
         self.alone = alone  # the worker has one thread: ending it frees nobody else's call
+
+    def interrupt(self) -> None:
+        """Raise ``KeyboardInterrupt`` in the chunk's thread, once (under ``_running_lock``)."""
+        if not self.fired:
+            self.fired = True
+            _set_async_exc(self.ident, KeyboardInterrupt)
 
 
 #: The chunks running in this worker process, by task key (see :func:`interrupt_calls`).
@@ -127,16 +134,15 @@ def _watch() -> None:
                     entry.since = now
                 elif now - entry.since >= ORPHAN_GRACE + 1.0 and entry.fired and entry.alone:
                     stuck = True
-                elif now - entry.since >= ORPHAN_GRACE and not entry.fired:
-                    entry.fired = True
-                    _set_async_exc(entry.ident, KeyboardInterrupt)
+                elif now - entry.since >= ORPHAN_GRACE:
+                    entry.interrupt()
         if stuck:
             # A call blocked in C code, which the interrupt waits for, holds the worker's
             # only thread for a caller that left: a fresh process serves the next caller.
             os.write(2, b"just_distribute: a stopped chunk's call is still running after "
                         b"its interrupt; ending this one-thread worker (its nanny starts "
                         b"a fresh one)\n")
-            os._exit(75)
+            _end_process()
 
 
 def _start_watch() -> None:
@@ -160,9 +166,7 @@ def interrupt_calls(keys: list[str]) -> bool:
             entry = _running.get(key)
             if entry is not None:
                 found = True
-                if not entry.fired:
-                    entry.fired = True
-                    _set_async_exc(entry.ident, KeyboardInterrupt)
+                entry.interrupt()
     return found
 
 
@@ -325,6 +329,9 @@ def cancelled_check(worker: Any, key: Any) -> Any:
 async def exit_worker() -> None:
     """Run on a worker whose withdrawn call is stuck: end the process (its nanny starts a
     fresh one). A coroutine function: dask runs only those without waiting for an answer."""
-    import os
+    _end_process()
 
+
+def _end_process() -> None:
+    """End this worker process now: its nanny starts a fresh one (75: EX_TEMPFAIL)."""
     os._exit(75)
